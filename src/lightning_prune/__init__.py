@@ -1,0 +1,60 @@
+"""lightning-prune: learned, in-training structured pruning for PyTorch, Lightning and transformers.
+
+Attach trainable gates to a model, train with the penalty, and export a compact dense model that
+computes what the gated model computed::
+
+    import lightning_prune as lp
+
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.5))
+    ...
+    pruner.save_compact("compact/")
+    compact = lp.load_compact("compact/")
+"""
+
+from lightning_prune.adapters import ModelAdapter, available_adapters, register_adapter
+from lightning_prune.errors import (
+    AttachStateError,
+    ExportMismatchError,
+    NonFiniteError,
+    PruningConfigError,
+    UnsupportedModelError,
+)
+from lightning_prune.export import ExportReport, load_compact, save_compact
+from lightning_prune.gates import Gate, HardConcreteGate, register_gate
+from lightning_prune.methods import L0Config, PruningConfig, register_method
+from lightning_prune.pruner import Pruner, attach
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The Lightning integration imports lightning; load it only when asked for.
+    if name == "PruningCallback":
+        from lightning_prune.integrations.lightning import PruningCallback
+
+        return PruningCallback
+    raise AttributeError(f"module 'lightning_prune' has no attribute {name!r}")
+
+
+__all__ = [
+    "attach",
+    "Pruner",
+    "PruningConfig",
+    "L0Config",
+    "PruningCallback",
+    "load_compact",
+    "save_compact",
+    "ExportReport",
+    "ModelAdapter",
+    "register_adapter",
+    "available_adapters",
+    "Gate",
+    "HardConcreteGate",
+    "register_gate",
+    "register_method",
+    "PruningConfigError",
+    "UnsupportedModelError",
+    "ExportMismatchError",
+    "NonFiniteError",
+    "AttachStateError",
+]

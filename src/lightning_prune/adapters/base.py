@@ -1,0 +1,87 @@
+"""The model-adapter interface: everything the engine needs to know about one model family.
+
+An adapter tells the engine which structures a model has (:meth:`ModelAdapter.structures`), how big
+each weight is as a function of kept units (:meth:`ModelAdapter.cost_terms`), where to apply the masks
+in the forward pass (:meth:`ModelAdapter.install_hooks`, with forward hooks, so the model's classes and
+any peft LoRA wrappers stay as they are) and how to build the compact model from merged weights and
+final masks (:meth:`ModelAdapter.build_compact`).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_prune.cost import CostTerm
+from lightning_prune.structures import StructureSpec
+
+
+class MaskSource(Protocol):
+    """What hooks read masks from (the :class:`~lightning_prune.pruner.Pruner`)."""
+
+    def mask(self, structure: str) -> torch.Tensor | None:
+        """The current ``(rows, units)`` mask of ``structure``, or ``None`` when it is not applied."""
+
+    def cached(self, key: str, compute) -> Any:
+        """A value derived from the current masks, computed once per forward pass."""
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    """The wrapped layer of a peft tuner layer (``lora.Linear``), or the module itself."""
+    getter = getattr(module, "get_base_layer", None)
+    return getter() if callable(getter) else module
+
+
+class ModelAdapter(abc.ABC):
+    """Base class of model adapters. A new family is one subclass plus one ``register_adapter`` call.
+
+    Args:
+        model: the Hugging Face (or plain) model, with any peft LoRA layers already injected.
+    """
+
+    #: registry name
+    name: str = "base"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    @abc.abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter handles ``model``."""
+
+    @abc.abstractmethod
+    def structures(self) -> dict[str, StructureSpec]:
+        """The structures this model supports, by name."""
+
+    @abc.abstractmethod
+    def cost_terms(self, flops_seq_len: int) -> list[CostTerm]:
+        """Every parameter of the model as :class:`CostTerm` s (exact counts must match the compact model)."""
+
+    @abc.abstractmethod
+    def root_module(self) -> nn.Module:
+        """The module whose forward pre-hook refreshes the masks once per forward pass."""
+
+    @abc.abstractmethod
+    def install_hooks(self, source: MaskSource, structures: set[str]) -> list[tuple[str, nn.Module, RemovableHandle]]:
+        """Register the mask hooks; return ``(module path, module, handle)`` for each hook."""
+
+    @abc.abstractmethod
+    def build_compact(
+        self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Fold ``masks`` into the merged weights ``state``, remove what is pruned, and return the compact
+        model and a description of its per-layer shapes."""
+
+    @abc.abstractmethod
+    def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random inputs for the equivalence check."""
+
+    def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tensor compared by the equivalence check (logits by default)."""
+        out = model(**inputs)
+        return out.logits if hasattr(out, "logits") else out[0]

@@ -1,0 +1,400 @@
+"""Adapter for the Llama family in transformers 5: Llama, Mistral, Qwen2 and Qwen3 layouts.
+
+Structures and where their masks act (all through forward hooks, so peft LoRA wrappers keep working;
+a hook on a LoRA-wrapped projection masks the merged ``(W + BA)`` path, which is what export folds):
+
+* ``heads``: the input of ``o_proj``, one unit per **KV group** (a key/value head and the
+  ``n_rep = num_attention_heads / num_key_value_heads`` query heads that read it). Removing whole
+  groups keeps ``n_rep`` unchanged, so every export is a valid GQA config (for plain multi-head
+  attention a group is one head).
+* ``ffn``: the input of ``down_proj`` (equivalent to masking ``act(gate) · up``).
+* ``hidden``: the embedding output and every residual write (``o_proj`` and ``down_proj`` outputs).
+  RMSNorms then normalise over the kept dims only (CoFi/Sheared-LLaMA): hooks compute
+  ``RMSNorm(c·x) / c`` with ``c = sqrt(d / Σm)``, which equals the compact model's norm (same weights,
+  same eps) exactly.
+* ``attn_block`` / ``mlp_block``: the outputs of ``o_proj`` / ``down_proj`` (a whole block's write).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer
+from lightning_prune.cost import CostTerm, Dim
+from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.structures import StructureSpec
+
+#: model_type -> (transformers module name, class-name prefix)
+LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+_REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
+
+
+def _mul_last(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x * mask.to(dtype=x.dtype, device=x.device)
+
+
+class LlamaAdapter(ModelAdapter):
+    """Adapter for ``*ForCausalLM`` / ``*ForSequenceClassification`` / ``*Model`` of the Llama family."""
+
+    model_types = tuple(LLAMA_FAMILIES)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return getattr(getattr(model, "config", None), "model_type", None) in LLAMA_FAMILIES
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        config = model.config
+        missing = [k for k in _REQUIRED_CONFIG if getattr(config, k, None) is None]
+        if missing:
+            raise UnsupportedModelError(f"The model's config lacks {missing}; the Llama adapter needs them.")
+        self.family = config.model_type
+        self.backbone = model.base_model  # LlamaModel (the model itself when given a bare LlamaModel)
+        self.prefix = "" if self.backbone is model else f"{model.base_model_prefix}."
+        self.layers = self.backbone.layers
+        self.num_layers = len(self.layers)
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise UnsupportedModelError(
+                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}."
+            )
+        self.n_rep = self.num_heads // self.num_kv_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
+        self.intermediate_size = config.intermediate_size
+        self.vocab_size = config.vocab_size
+        attn0, mlp0 = self.layers[0].self_attn, self.layers[0].mlp
+        for owner, names in ((attn0, ("q_proj", "k_proj", "v_proj", "o_proj")), (mlp0, ("gate_proj", "up_proj", "down_proj"))):
+            for n in names:
+                if not isinstance(base_layer(getattr(owner, n, None) or nn.Identity()), nn.Linear):
+                    raise UnsupportedModelError(
+                        f"Expected `{n}` to be an nn.Linear in {type(owner).__name__} (is the model quantized?). "
+                        "Pruning a quantized base is not supported: prune in bf16/fp32, then quantize the export."
+                    )
+        if base_layer(attn0.q_proj).out_features != self.num_heads * self.head_dim:
+            raise UnsupportedModelError(
+                f"q_proj has {base_layer(attn0.q_proj).out_features} outputs, expected "
+                f"num_attention_heads*head_dim = {self.num_heads * self.head_dim}; the config does not match the weights."
+            )
+        self.head = None
+        for head_name in ("lm_head", "score"):
+            if hasattr(model, head_name):
+                self.head_name = head_name
+                self.head = getattr(model, head_name)
+                break
+        self.tied = bool(getattr(config, "tie_word_embeddings", False)) and self.head is not None and (
+            base_layer(self.head).weight is base_layer(self.backbone.embed_tokens).weight
+        )
+
+    # -- structures and costs ----------------------------------------------------------------------
+    def structures(self) -> dict[str, StructureSpec]:
+        L = self.num_layers
+        return {
+            "heads": StructureSpec("heads", L, self.num_kv_heads),
+            "ffn": StructureSpec("ffn", L, self.intermediate_size),
+            "hidden": StructureSpec("hidden", 1, self.hidden_size, per_layer=False),
+            "attn_block": StructureSpec("attn_block", 1, L, per_layer=False),
+            "mlp_block": StructureSpec("mlp_block", 1, L, per_layer=False),
+        }
+
+    def _has_bias(self, module: nn.Module) -> bool:
+        return base_layer(module).bias is not None
+
+    def cost_terms(self, flops_seq_len: int) -> list[CostTerm]:
+        d, hd, nh, nkv = self.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads
+        hidden = Dim(d, "hidden", 0, 1)
+        terms: list[CostTerm] = []
+        covered: set[str] = set()
+        embed = base_layer(self.backbone.embed_tokens)
+        terms.append(CostTerm("embed_tokens", out=hidden, inp=Dim(embed.num_embeddings)))
+        covered.add(f"{self.prefix}embed_tokens.weight")
+        for l, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            q = Dim(nh * hd, "heads", l, self.n_rep * hd)
+            kv = Dim(nkv * hd, "heads", l, hd)
+            ffn = Dim(self.intermediate_size, "ffn", l, 1)
+            a_gate = (("attn_block", 0, l),)
+            m_gate = (("mlp_block", 0, l),)
+            base = f"{self.prefix}layers.{l}."
+            for name, out, inp in (("q_proj", q, hidden), ("k_proj", kv, hidden), ("v_proj", kv, hidden), ("o_proj", hidden, q)):
+                mod = getattr(attn, name)
+                terms.append(CostTerm(f"layers.{l}.self_attn.{name}", out, inp, a_gate, self._has_bias(mod), True, True, 2.0))
+                covered.update({f"{base}self_attn.{name}.weight", f"{base}self_attn.{name}.bias"})
+            # attention scores and weighted values: 4 · T · (query dims) FLOPs per token, no parameters
+            terms.append(CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 4.0))
+            for name, out, inp in (("gate_proj", ffn, hidden), ("up_proj", ffn, hidden), ("down_proj", hidden, ffn)):
+                mod = getattr(mlp, name)
+                terms.append(CostTerm(f"layers.{l}.mlp.{name}", out, inp, m_gate, self._has_bias(mod), True, True, 2.0))
+                covered.update({f"{base}mlp.{name}.weight", f"{base}mlp.{name}.bias"})
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                terms.append(CostTerm(f"layers.{l}.{norm}", hidden))
+                covered.add(f"{base}{norm}.weight")
+        terms.append(CostTerm("norm", hidden))
+        covered.add(f"{self.prefix}norm.weight")
+        if self.head is not None:
+            head = base_layer(self.head)
+            terms.append(
+                CostTerm(self.head_name, Dim(head.out_features), hidden, bias=head.bias is not None,
+                         params=not self.tied, flops_per_param=2.0)
+            )
+            covered.update({f"{self.head_name}.weight", f"{self.head_name}.bias"})
+        # Anything else (Qwen3's q_norm/k_norm over head_dim, ...) is not resized by any structure.
+        for name, numel in self._plain_parameters().items():
+            if name not in covered:
+                terms.append(CostTerm(name, Dim(numel)))
+        return terms
+
+    def _plain_parameters(self) -> dict[str, int]:
+        """Parameter sizes of the model with peft wrappers seen through (base_layer) and adapters skipped."""
+        out: dict[str, int] = {}
+        seen: set[int] = set()
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if "lora_" in name or "pruning_gates" in name or ".original_module." in name:
+                continue
+            clean = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            out[clean] = p.numel()
+        return out
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def root_module(self) -> nn.Module:
+        return self.backbone
+
+    def install_hooks(self, source: MaskSource, structures: set[str]) -> list[tuple[str, nn.Module, RemovableHandle]]:
+        hooks: list[tuple[str, nn.Module, RemovableHandle]] = []
+        p = self.prefix
+        nkv, width = self.num_kv_heads, self.n_rep * self.head_dim
+        d = self.hidden_size
+
+        def add(path: str, module: nn.Module, handle: RemovableHandle) -> None:
+            hooks.append((path, module, handle))
+
+        if "hidden" in structures:
+            embed = self.backbone.embed_tokens
+
+            def embed_hook(module, args, output):
+                m = source.mask("hidden")
+                return output if m is None else _mul_last(output, m[0])
+
+            add(f"{p}embed_tokens", embed, embed.register_forward_hook(embed_hook))
+
+            def norm_scale() -> torch.Tensor | None:
+                m = source.mask("hidden")
+                return None if m is None else torch.sqrt(d / m[0].sum().clamp_min(1e-6))
+
+            # RMSNorm(c·x)/c with c = sqrt(d/Σm) is the RMS norm over the kept dims only (x is 0 elsewhere),
+            # which is exactly what the compact model's norm computes with the same weights and eps.
+            def norm_pre_hook(module, args):
+                scale = source.cached("hidden_norm_scale", norm_scale)
+                if scale is None:
+                    return None
+                return (args[0] * scale.to(args[0].dtype),) + tuple(args[1:])
+
+            def norm_post_hook(module, args, output):
+                scale = source.cached("hidden_norm_scale", norm_scale)
+                return output if scale is None else output / scale.to(output.dtype)
+
+            norms = [(f"{p}norm", self.backbone.norm)]
+            for l, layer in enumerate(self.layers):
+                norms += [(f"{p}layers.{l}.input_layernorm", layer.input_layernorm),
+                          (f"{p}layers.{l}.post_attention_layernorm", layer.post_attention_layernorm)]
+            for path, norm in norms:
+                add(path, norm, norm.register_forward_pre_hook(norm_pre_hook))
+                add(path, norm, norm.register_forward_hook(norm_post_hook))
+
+        for l, layer in enumerate(self.layers):
+            attn_path = f"{p}layers.{l}.self_attn.o_proj"
+            mlp_path = f"{p}layers.{l}.mlp.down_proj"
+            o_proj, down_proj = layer.self_attn.o_proj, layer.mlp.down_proj
+
+            if "heads" in structures:
+
+                def head_pre_hook(module, args, l=l):
+                    m = source.mask("heads")
+                    if m is None:
+                        return None
+                    x = args[0]
+                    masked = x.view(*x.shape[:-1], nkv, width) * m[l].to(x.dtype)[:, None]
+                    return (masked.view_as(x),) + tuple(args[1:])
+
+                add(attn_path, o_proj, o_proj.register_forward_pre_hook(head_pre_hook))
+
+            if "ffn" in structures:
+
+                def ffn_pre_hook(module, args, l=l):
+                    m = source.mask("ffn")
+                    return None if m is None else (_mul_last(args[0], m[l]),) + tuple(args[1:])
+
+                add(mlp_path, down_proj, down_proj.register_forward_pre_hook(ffn_pre_hook))
+
+            for block, path, module in (("attn_block", attn_path, o_proj), ("mlp_block", mlp_path, down_proj)):
+                use_block = block in structures
+                if not (use_block or "hidden" in structures):
+                    continue
+
+                def write_hook(module, args, output, l=l, block=block, use_block=use_block):
+                    out = output
+                    if use_block:
+                        z = source.mask(block)
+                        if z is not None:
+                            out = out * z[0, l].to(out.dtype)
+                    h = source.mask("hidden")
+                    if h is not None:
+                        out = _mul_last(out, h[0])
+                    return out
+
+                add(path, module, module.register_forward_hook(write_hook))
+        return hooks
+
+    # -- export ------------------------------------------------------------------------------------
+    def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(**inputs)
+        if hasattr(out, "logits"):
+            return out.logits
+        return out.last_hidden_state
+
+    def build_compact(
+        self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        from lightning_prune.export.per_layer import build_per_layer_model  # local: avoids a cycle
+
+        p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
+        L = self.num_layers
+        dev = next(iter(state.values())).device
+
+        def mask_of(name: str, rows: int, units: int) -> torch.Tensor:
+            m = masks.get(name)
+            return torch.ones(rows, units, device=dev) if m is None else m.to(dev).float()
+
+        hidden_m = mask_of("hidden", 1, d)[0]
+        if "hidden" in masks and not bool(((hidden_m == 0) | (hidden_m == 1)).all()):
+            raise ValueError("The hidden-dim mask must be binary at export (the norm rescaling assumes it).")
+        h_keep = hidden_m.nonzero().flatten()
+        d_new = int(h_keep.numel())
+        head_m, ffn_m = mask_of("heads", L, self.num_kv_heads), mask_of("ffn", L, self.intermediate_size)
+        attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
+
+        new: dict[str, torch.Tensor] = {}
+        take = set()
+
+        def get(key: str) -> torch.Tensor | None:
+            take.add(key)
+            return state.get(key)
+
+        def put(key: str, value: torch.Tensor | None) -> None:
+            if value is not None:
+                new[key] = value.contiguous()
+
+        embed = get(f"{p}embed_tokens.weight")
+        put(f"{p}embed_tokens.weight", (embed * hidden_m.to(embed.dtype))[:, h_keep])
+
+        layer_shapes = []
+        for l in range(L):
+            base = f"{p}layers.{l}."
+            a_scale, m_scale = attn_z[l], mlp_z[l]
+            groups = (head_m[l] != 0).nonzero().flatten() if a_scale != 0 else head_m.new_zeros(0, dtype=torch.long)
+            q_rows = (groups[:, None] * nrep * hd + torch.arange(nrep * hd, device=dev)).flatten()
+            kv_rows = (groups[:, None] * hd + torch.arange(hd, device=dev)).flatten()
+            q_scale = head_m[l].repeat_interleave(nrep * hd)
+            for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+                w, b = get(f"{base}self_attn.{name}.weight"), get(f"{base}self_attn.{name}.bias")
+                put(f"{base}self_attn.{name}.weight", w[rows][:, h_keep])
+                put(f"{base}self_attn.{name}.bias", None if b is None else b[rows])
+            w, b = get(f"{base}self_attn.o_proj.weight"), get(f"{base}self_attn.o_proj.bias")
+            out_scale = (hidden_m * a_scale).to(w.dtype)
+            w = w * q_scale.to(w.dtype)[None, :] * out_scale[:, None]
+            put(f"{base}self_attn.o_proj.weight", w[h_keep][:, q_rows])
+            put(f"{base}self_attn.o_proj.bias", None if b is None else (b * out_scale)[h_keep])
+
+            channels = (ffn_m[l] != 0).nonzero().flatten() if m_scale != 0 else ffn_m.new_zeros(0, dtype=torch.long)
+            for name in ("gate_proj", "up_proj"):
+                w, b = get(f"{base}mlp.{name}.weight"), get(f"{base}mlp.{name}.bias")
+                put(f"{base}mlp.{name}.weight", w[channels][:, h_keep])
+                put(f"{base}mlp.{name}.bias", None if b is None else b[channels])
+            w, b = get(f"{base}mlp.down_proj.weight"), get(f"{base}mlp.down_proj.bias")
+            out_scale = (hidden_m * m_scale).to(w.dtype)
+            w = w * ffn_m[l].to(w.dtype)[None, :] * out_scale[:, None]
+            put(f"{base}mlp.down_proj.weight", w[h_keep][:, channels])
+            put(f"{base}mlp.down_proj.bias", None if b is None else (b * out_scale)[h_keep])
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[h_keep])
+            n_groups = int(groups.numel())
+            layer_shapes.append(
+                {
+                    "num_attention_heads": n_groups * nrep,
+                    "num_key_value_heads": n_groups,
+                    "intermediate_size": int(channels.numel()),
+                }
+            )
+            # A block with nothing left becomes an empty module that keeps only its output bias.
+            for block, empty in (("self_attn", n_groups == 0), ("mlp", channels.numel() == 0)):
+                if empty:
+                    prefix = f"{base}{block}."
+                    take.update(k for k in state if k.startswith(prefix))
+                    out_bias = new.get(f"{prefix}{'o_proj' if block == 'self_attn' else 'down_proj'}.bias")
+                    for k in [k for k in new if k.startswith(prefix)]:
+                        del new[k]
+                    put(f"{prefix}bias", out_bias)
+        put(f"{p}norm.weight", get(f"{p}norm.weight")[h_keep])
+        if self.head is not None:
+            w, b = get(f"{self.head_name}.weight"), get(f"{self.head_name}.bias")
+            put(f"{self.head_name}.weight", w[:, h_keep])
+            put(f"{self.head_name}.bias", b)
+        for key, value in state.items():  # parameters no structure resizes (Qwen3 q_norm/k_norm, ...)
+            if key not in take:
+                new[key] = value
+
+        config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
+        config.update(hidden_size=d_new, head_dim=hd)
+        config_class = type(self.model.config)
+        uniform = all(s == layer_shapes[0] for s in layer_shapes) and all(
+            s["num_attention_heads"] > 0 and s["intermediate_size"] > 0 for s in layer_shapes
+        )
+        standard = _standard_config(config_class, {**config, **layer_shapes[0]}) if uniform else None
+        if standard is not None:
+            with torch.device("cpu"):
+                compact = type(self.model)(standard)
+        else:
+            compact = build_per_layer_model(self.family, type(self.model).__name__, config, layer_shapes)
+        uniform = standard is not None
+        compact.to(dtype=next(iter(new.values())).dtype)
+        missing, unexpected = compact.load_state_dict(new, strict=False)
+        missing = [k for k in missing if not (self.tied and k == f"{self.head_name}.weight")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"Internal error building the compact model: missing keys {missing[:5]}, unexpected {unexpected[:5]}. "
+                "Please report this with your model config."
+            )
+        if self.tied:
+            compact.tie_weights()
+        return compact.to(dev), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
+
+
+def _standard_config(config_class: type, values: dict[str, Any]) -> Any | None:
+    """The family's own config for ``values``, or ``None`` if it rejects them (e.g. LlamaConfig insists that
+    hidden_size is a multiple of num_attention_heads); the export then uses the per-layer classes."""
+    try:
+        return config_class.from_dict(values)
+    except Exception:  # noqa: BLE001 - any validation failure means "not expressible as a standard config"
+        return None
+
+
+def layer_shape_summary(layer_shapes: list[dict[str, int]]) -> str:
+    """One line per layer: heads / kv heads / FFN channels."""
+    return "\n".join(
+        f"layer {i:>3}: heads {s['num_attention_heads']:>4}  kv {s['num_key_value_heads']:>3}  ffn {s['intermediate_size']:>6}"
+        for i, s in enumerate(layer_shapes)
+    )
+

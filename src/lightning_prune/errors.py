@@ -1,0 +1,28 @@
+"""Exceptions raised by lightning-prune.
+
+Every error says what is wrong, the value received and what to do about it (see STYLE.md, habit 5).
+They subclass the built-in exception a user would expect (``ValueError``, ``TypeError``, ``RuntimeError``)
+so that ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class PruningConfigError(ValueError):
+    """A configuration value is invalid (a target outside [0, 1), an unknown structure name, ...)."""
+
+
+class UnsupportedModelError(TypeError):
+    """No registered model adapter can handle the model, or the model lacks something the adapter needs."""
+
+
+class ExportMismatchError(RuntimeError):
+    """The compact model does not compute what the gated model computed; nothing was returned or saved."""
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf appeared in the gates, the penalty or the loss; training is stopped before the model is damaged."""
+
+
+class AttachStateError(RuntimeError):
+    """The gated model changed in a way the pruner cannot follow (e.g. LoRA applied after ``attach``)."""

@@ -1,0 +1,90 @@
+"""Writing and reading compact models.
+
+``save_compact`` writes into a temporary sibling directory and renames it into place only when every
+file is written, so an interrupted export never leaves a directory that looks complete. A uniform export
+is a standard transformers directory; a per-layer export also carries ``modeling_lightning_prune.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from lightning_prune.export.per_layer import MODEL_TYPE_PREFIX, MODELING_FILENAME, per_layer_module, render_modeling_source
+from lightning_prune.export.report import REPORT_FILENAME, ExportReport
+
+
+def check_export_dir(path: Path, overwrite: bool) -> None:
+    """Raise before any work if ``path`` cannot receive an export."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"Export path {str(path)!r} exists and is a file; choose a directory path.")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"Export directory {str(path)!r} exists and is not empty. Pass overwrite=True to replace it, or choose "
+            "another directory."
+        )
+    parent = path.parent if not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"Cannot write the export to {str(path)!r}: {str(parent)!r} is not writable.")
+
+
+def save_compact(
+    model: nn.Module, path: str | Path, report: ExportReport | None = None, overwrite: bool = False, tokenizer=None
+) -> Path:
+    """Save a compact model (safetensors + config, plus the modeling file for per-layer shapes)."""
+    path = Path(path)
+    check_export_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        model_type = getattr(model.config, "model_type", "")
+        if model_type.startswith(MODEL_TYPE_PREFIX):
+            (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX):]))
+        if report is not None:
+            report.to_json(tmp / REPORT_FILENAME)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "previous")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_compact(path: str | Path, **kwargs) -> nn.Module:
+    """Load a compact model written by :func:`save_compact` (uniform or per-layer).
+
+    Per-layer exports are built from lightning-prune's own copy of the modeling code; the file in the
+    directory is only for users without lightning-prune (``trust_remote_code=True``).
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a directory written by save_compact?")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type", "")
+    architectures = config.get("architectures") or []
+    if not architectures:
+        raise ValueError(f"{config_file} names no architecture; cannot tell which class to load.")
+    if model_type.startswith(MODEL_TYPE_PREFIX):
+        module = per_layer_module(model_type[len(MODEL_TYPE_PREFIX):])
+        cls = getattr(module, architectures[0])
+    else:
+        cls = getattr(transformers, architectures[0])
+    return cls.from_pretrained(path, **kwargs)

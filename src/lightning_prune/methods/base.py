@@ -1,0 +1,151 @@
+"""The method interface: a validated config that builds gates and regularisers over the core engine.
+
+A method is one dataclass that subclasses :class:`PruningConfig` plus one :func:`register_method` call.
+The pruner asks the config for a gate per structure (:meth:`PruningConfig.build_gate`) and for the
+penalty terms added to the task loss (:meth:`PruningConfig.build_regularizer`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import PruningConfigError
+from lightning_prune.gates import Gate, gate_class
+from lightning_prune.structures import StructureSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_prune.pruner import Pruner
+
+_METHODS: dict[str, type["PruningConfig"]] = {}
+
+C = TypeVar("C", bound=type["PruningConfig"])
+
+
+def register_method(name: str) -> Callable[[C], C]:
+    """Class decorator that registers a config class as the method ``name`` (used by the CLI and YAML)."""
+
+    def wrap(cls: C) -> C:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"A method named {name!r} is already registered ({_METHODS[name].__name__}).")
+        _METHODS[name] = cls
+        cls.method_name = name
+        return cls
+
+    return wrap
+
+
+def method_config_class(name: str) -> type["PruningConfig"]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise PruningConfigError(f"Unknown pruning method {name!r}. Known methods: {sorted(_METHODS)}.") from None
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+@dataclass
+class PruningConfig:
+    """Options shared by every method.
+
+    Args:
+        target_sparsity: fraction of *prunable parameters* (or FLOPs, see ``target``) to remove, in
+            [0, 1). Prunable parameters are the weights and biases of every attention projection and
+            MLP projection in every layer; embeddings, the LM head and norms are not counted (they shrink
+            with ``hidden`` and are reported separately).
+        structures: which structures to gate (names from the model adapter, e.g. ``"heads"``, ``"ffn"``,
+            ``"hidden"``, ``"attn_block"``, ``"mlp_block"``).
+        target: ``"params"`` or ``"flops"``: what ``target_sparsity`` is a fraction of.
+        warmup_steps: steps over which the target rises linearly from 0 (CoFi's Lagrangian warm-up).
+        uniform: keep the same number of units in every layer so that the export is a standard config.
+        keep_units: optional exact number of units to keep per row for some structures, e.g.
+            ``{"heads": 2, "ffn": 128}`` (Sheared-LLaMA's target architecture). Overrides the learned count.
+        gate_lr: learning rate of the gate parameters (own group, no weight decay).
+        lagrangian_lr: learning rate of the Lagrange multipliers (gradient *ascent*); defaults to ``gate_lr``.
+        flops_seq_len: sequence length used to count attention-score FLOPs.
+        export_rtol: relative tolerance of the export equivalence check in fp32 (max abs diff / max abs).
+    """
+
+    target_sparsity: float = 0.5
+    structures: tuple[str, ...] = ("heads", "ffn")
+    target: str = "params"
+    warmup_steps: int = 0
+    uniform: bool = False
+    keep_units: dict[str, int] = field(default_factory=dict)
+    gate_lr: float = 0.1
+    lagrangian_lr: float | None = None
+    flops_seq_len: int = 512
+    export_rtol: float = 1e-4
+
+    method_name = "base"
+    gate_kind = "hard_concrete"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.structures, str):
+            self.structures = (self.structures,)
+        self.structures = tuple(self.structures)
+        t = self.target_sparsity
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or not 0.0 <= t < 1.0:
+            raise PruningConfigError(
+                f"`target_sparsity` must be a number in [0, 1) (the fraction of prunable parameters to remove), "
+                f"got {t!r}. HINT: 0.4 removes 40%; a percentage such as 40 must be divided by 100."
+            )
+        if not self.structures:
+            raise PruningConfigError("`structures` is empty: name at least one structure to gate, e.g. ('heads', 'ffn').")
+        if len(set(self.structures)) != len(self.structures):
+            raise PruningConfigError(f"`structures` lists a name twice: {self.structures}.")
+        if self.target not in ("params", "flops"):
+            raise PruningConfigError(f"`target` must be 'params' or 'flops', got {self.target!r}.")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise PruningConfigError(f"`warmup_steps` must be a non-negative int, got {self.warmup_steps!r}.")
+        for name in ("gate_lr", "lagrangian_lr", "export_rtol"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                raise PruningConfigError(f"`{name}` must be positive, got {value!r}.")
+        if self.flops_seq_len < 1:
+            raise PruningConfigError(f"`flops_seq_len` must be >= 1, got {self.flops_seq_len}.")
+        for key, count in dict(self.keep_units).items():
+            if key not in self.structures:
+                raise PruningConfigError(
+                    f"`keep_units` names {key!r}, which is not in `structures` {self.structures}; add it there."
+                )
+            if not isinstance(count, int) or count < 0:
+                raise PruningConfigError(f"`keep_units[{key!r}]` must be a non-negative int, got {count!r}.")
+
+    # -- what a method decides -------------------------------------------------------------------
+    def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:
+        """Keyword arguments of the gate for ``spec``; methods override to pass their hyper-parameters."""
+        return {}
+
+    def build_gate(self, spec: StructureSpec) -> Gate:
+        return gate_class(self.gate_kind)(spec.rows, spec.units, **self.gate_kwargs(spec))
+
+    def build_regularizer(self, pruner: "Pruner") -> nn.Module:
+        """A module whose ``forward(pruner) -> dict[str, Tensor]`` returns the named penalty terms."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["structures"] = list(self.structures)
+        out["method"] = self.method_name
+        return out
+
+
+def positive_float(value: float, name: str) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise PruningConfigError(f"`{name}` must be a positive number, got {value!r}.")
+
+
+def zero_with_graph(params) -> torch.Tensor:
+    """``0 · Σ p``: a zero that still touches every parameter, so DDP sees them all used."""
+    total = None
+    for p in params:
+        term = p.sum() * 0.0
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())

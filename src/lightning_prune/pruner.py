@@ -1,0 +1,414 @@
+"""The plain-PyTorch API: :func:`attach` gates to a model and get a :class:`Pruner` back.
+
+Example::
+
+    import lightning_prune as lp
+
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.5, structures=("heads", "ffn")))
+    optimizer = torch.optim.AdamW(pruner.param_groups(lr=2e-5, weight_decay=0.01))
+    for batch in loader:
+        loss = model(**batch).loss + pruner.penalty()
+        loss.backward()
+        optimizer.step()
+        pruner.step()          # clamps the gates, advances the target schedule
+        optimizer.zero_grad()
+    compact = pruner.export()  # LoRA merged, gates folded, pruned structure removed, checked
+    pruner.save_compact("compact/")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.adapters import ModelAdapter, resolve_adapter
+from lightning_prune.cost import CostModel
+from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError
+from lightning_prune.export.merge import merged_state_dict, unwrap_model
+from lightning_prune.export.report import ExportReport, count_parameters
+from lightning_prune.export.verify import check_equivalence
+from lightning_prune.gates import Gate
+from lightning_prune.methods.base import PruningConfig, zero_with_graph
+from lightning_prune.structures import STRUCTURE_DOCS, StructureSpec
+
+log = logging.getLogger("lightning_prune")
+
+#: Name of the child module that holds the gates, multipliers and schedule state inside the model.
+STATE_ATTRIBUTE = "pruning_gates"
+
+PHASES = ("dense", "prune", "frozen")
+
+
+class PruningState(nn.Module):
+    """Everything the pruner trains or must resume: gates, regulariser (λ), pruning-step counter.
+
+    It is attached to the user's model as a child module (``model.pruning_gates``) so that DDP/FSDP
+    all-reduce the gate gradients, and a Lightning checkpoint carries it in the model's state dict.
+    Its floating-point tensors stay in fp32 whatever ``model.to(dtype)`` or a precision plugin does.
+    """
+
+    def __init__(self, gates: dict[str, Gate], regularizer: nn.Module) -> None:
+        super().__init__()
+        self.gates = nn.ModuleDict(gates)
+        self.regularizer = regularizer
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        def keep_fp32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if t.is_floating_point() and out.is_floating_point() and out.dtype != torch.float32:
+                out = out.float()
+            return out
+
+        return super()._apply(keep_fp32, recurse)
+
+
+class Pruner:
+    """Gates attached to a model, with the penalty, optimizer groups and export that go with them.
+
+    Prefer :func:`attach` to calling this directly. Apply peft's ``get_peft_model`` **before**
+    attaching: the gates' hooks sit on the LoRA-wrapped modules so that exports fold the merged weights.
+
+    Args:
+        model: a supported model (e.g. ``LlamaForCausalLM``), optionally wrapped by peft.
+        config: a method config such as :class:`~lightning_prune.L0Config`.
+        adapter: force a registered adapter by name instead of resolving it from the model.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, adapter: str | None = None) -> None:
+        if not isinstance(config, PruningConfig):
+            raise PruningConfigError(
+                f"`config` must be a PruningConfig such as lightning_prune.L0Config(...), got {type(config).__name__}."
+            )
+        if isinstance(getattr(model, STATE_ATTRIBUTE, None), PruningState):
+            raise AttachStateError(
+                f"This model already has gates attached (`model.{STATE_ATTRIBUTE}`). Call `pruner.detach()` on the "
+                "existing pruner first, or attach to a fresh model."
+            )
+        self.model = model
+        self.config = config
+        self.hf_model = unwrap_model(model)
+        self.adapter: ModelAdapter = resolve_adapter(self.hf_model, adapter)(self.hf_model)
+        available = self.adapter.structures()
+        unknown = [s for s in config.structures if s not in available]
+        if unknown:
+            described = "; ".join(f"{k}: {STRUCTURE_DOCS.get(k, '')}" for k in available)
+            raise PruningConfigError(
+                f"Unknown structure(s) {unknown} for the {self.adapter.name} adapter. Available: {list(available)} "
+                f"({described})."
+            )
+        self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
+        for name, count in config.keep_units.items():
+            if count > self.specs[name].units:
+                raise PruningConfigError(
+                    f"`keep_units[{name!r}]`={count} exceeds the {self.specs[name].units} units of a row of {name!r}."
+                )
+        self.cost = CostModel(self.adapter.cost_terms(config.flops_seq_len))
+        self._check_target_reachable()
+        gates = {name: config.build_gate(spec) for name, spec in self.specs.items()}
+        self.state = PruningState(gates, config.build_regularizer(self))
+        device = next((p.device for p in self.hf_model.parameters()), torch.device("cpu"))
+        self.state.to(device)
+        model.add_module(STATE_ATTRIBUTE, self.state)
+        self.phase = "prune"
+        self._masks: dict[str, torch.Tensor] | None = None
+        self._cache: dict[str, Any] = {}
+        self._deterministic_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self.last_terms: dict[str, float] = {}
+        self.last_report: ExportReport | None = None
+        root = self.adapter.root_module()
+        self._handles = [root.register_forward_pre_hook(self._refresh)]
+        hooked = self.adapter.install_hooks(self, set(self.specs))
+        self._hooked = [(path, module) for path, module, _ in hooked]
+        self._handles += [handle for _, _, handle in hooked]
+        log.info(
+            "lightning-prune: attached %s gates on %s to %s (%d prunable parameters, target sparsity %.2f of %s)",
+            config.gate_kind, list(self.specs), type(self.hf_model).__name__,
+            int(self.cost.dense_prunable_params), config.target_sparsity, config.target,
+        )
+
+    # -- masks ---------------------------------------------------------------------------------------
+    @property
+    def gates(self) -> nn.ModuleDict:
+        return self.state.gates
+
+    def _refresh(self, module: nn.Module, args: Any) -> None:
+        self._cache.clear()
+        if self.phase == "dense":
+            self._masks = None
+        elif self.phase == "prune" and module.training:
+            self._masks = {name: gate.sample() for name, gate in self.gates.items()}
+        else:
+            self._masks = self.deterministic_masks()
+
+    def mask(self, structure: str) -> torch.Tensor | None:
+        """The mask of ``structure`` for the current forward pass (``None`` in the dense phase)."""
+        if self._masks is None:
+            return None
+        return self._masks.get(structure)
+
+    def cached(self, key: str, compute) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def keep_counts(self, structure: str) -> torch.Tensor:
+        """Units kept per row by the deterministic mask of ``structure``.
+
+        The learned count is the expected number of kept units, ``round(Σ P(kept))`` per row (CoFi/FLOP);
+        ``uniform=True`` uses the mean over layers in every layer; ``keep_units`` fixes it.
+        """
+        spec, gate = self.specs[structure], self.gates[structure]
+        if structure in self.config.keep_units:
+            return torch.full((spec.rows,), self.config.keep_units[structure], dtype=torch.long)
+        expected = gate.expected_kept().detach().float()
+        if self.config.uniform and spec.per_layer:
+            expected = expected.mean().expand(spec.rows)
+        return expected.round().long()
+
+    @torch.no_grad()
+    def deterministic_masks(self) -> dict[str, torch.Tensor]:
+        """Binary eval-mode masks: top-k units per row by gate score, k from :meth:`keep_counts`.
+
+        They depend on the gate parameters only (never on a batch) and are cached until those change.
+        """
+        key = tuple((name, p._version, p.data_ptr()) for name, p in self.state.named_parameters())
+        key += (self.config.uniform, tuple(sorted(self.config.keep_units.items())))
+        if self._deterministic_cache is not None and self._deterministic_cache[0] == key:
+            return self._deterministic_cache[1]
+        masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
+        self._deterministic_cache = (key, masks)
+        return masks
+
+    # -- training ------------------------------------------------------------------------------------
+    @property
+    def pruning_step(self) -> int:
+        """Optimizer steps taken in the pruning phase (drives the target warm-up)."""
+        return int(self.state.step.item())
+
+    @pruning_step.setter
+    def pruning_step(self, value: int) -> None:
+        self.state.step.fill_(int(value))
+
+    def expected_sparsity(self, target: str | None = None) -> torch.Tensor:
+        """Differentiable expected fraction of prunable parameters (or FLOPs) removed under the gates."""
+        probs = {name: gate.keep_probability() for name, gate in self.gates.items()}
+        return self.cost.sparsity(probs, target or self.config.target)
+
+    def penalty(self) -> torch.Tensor:
+        """The method's regularisers (e.g. the Lagrangian term) to add to the task loss.
+
+        Raises:
+            NonFiniteError: a gate parameter or the penalty is NaN/inf (the message names the step).
+            AttachStateError: the model was changed after ``attach`` (e.g. LoRA applied afterwards).
+        """
+        self._check_attached()
+        if self.phase != "prune":
+            return zero_with_graph(p for p in self.state.parameters() if p.requires_grad)
+        self._check_finite_parameters()
+        terms = self.state.regularizer(self)
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise NonFiniteError(
+                f"The pruning penalty is {total.item()} at pruning step {self.pruning_step} "
+                f"({ {k: float(v) for k, v in terms.items()} }). Lower `gate_lr`/`lagrangian_lr` or check the loss scale."
+            )
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return total
+
+    def _check_finite_parameters(self) -> None:
+        for name, p in self.state.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteError(
+                    f"Gate parameter `{name}` holds NaN/inf at pruning step {self.pruning_step}. The model was not "
+                    "exported. Resume from the last checkpoint with a lower `gate_lr` or check the task loss for NaN."
+                )
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Call after each ``optimizer.step()``: clamps the gates and advances the target schedule."""
+        for gate in self.gates.values():
+            gate.post_step_()
+        if self.phase == "prune":
+            self.state.step.add_(1)
+
+    def hook_optimizer(self, optimizer: torch.optim.Optimizer):
+        """Call :meth:`step` automatically after every ``optimizer.step()``; returns the hook handle."""
+        return optimizer.register_step_post_hook(lambda *_: self.step())
+
+    def set_phase(self, phase: str) -> None:
+        """``"dense"`` (masks off), ``"prune"`` (masks sampled in training), ``"frozen"`` (deterministic masks)."""
+        if phase not in PHASES:
+            raise PruningConfigError(f"`phase` must be one of {PHASES}, got {phase!r}.")
+        self.phase = phase
+        for p in self.state.gates.parameters():
+            p.requires_grad_(phase == "prune")
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return list(self.gates.parameters())
+
+    def multiplier_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.gate_parameters()}
+        return [p for p in self.state.parameters() if id(p) not in ids]
+
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.0, gate_lr: float | None = None, lagrangian_lr: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the model's trainable parameters, the gates and the multipliers.
+
+        Gates and multipliers get their own learning rates and no weight decay; the multipliers are
+        maximised (their gradient is reversed in the graph), so one ordinary optimizer serves all groups.
+        """
+        gate_lr = gate_lr or self.config.gate_lr
+        lagrangian_lr = lagrangian_lr or self.config.lagrangian_lr or gate_lr
+        own = {id(p) for p in self.state.parameters()}
+        model_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        groups = [
+            {"params": model_params, "lr": lr, "weight_decay": weight_decay, "name": "model"},
+            {"params": self.gate_parameters(), "lr": gate_lr, "weight_decay": 0.0, "name": "lightning_prune.gates"},
+            {"params": self.multiplier_parameters(), "lr": lagrangian_lr, "weight_decay": 0.0,
+             "name": "lightning_prune.multipliers"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    # -- reporting -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging: target, expected and exact sparsity, multipliers, kept units."""
+        probs = {name: gate.keep_probability() for name, gate in self.gates.items()}
+        masks = self.deterministic_masks()
+        exp_params, exp_flops = self.cost.total(probs)
+        out = {
+            "target_sparsity": self.current_target(),
+            "expected_sparsity": float(self.cost.sparsity(probs, self.config.target)),
+            "exact_sparsity": float(self.cost.sparsity(masks, self.config.target)),
+            "expected_params": float(exp_params),
+            "expected_flops": float(exp_flops),
+        }
+        for name, p in self.state.regularizer.named_parameters():
+            out[name.split(".")[-1]] = float(p)
+        for name, m in masks.items():
+            out[f"kept/{name}"] = float(m.sum(-1).float().mean())
+        out.update(self.last_terms)
+        return out
+
+    def current_target(self) -> float:
+        schedule = getattr(self.state.regularizer, "current_target", None)
+        return float(schedule(self.pruning_step)) if schedule else self.config.target_sparsity
+
+    # -- export --------------------------------------------------------------------------------------
+    def export(self, check: bool = True) -> nn.Module:
+        """A plain compact model: LoRA merged, gates folded into the weights, pruned units removed.
+
+        The result is a fresh model of the original class (uniform shapes) or of the per-layer class, with
+        no hooks, no gates and no peft wrappers. Before it is returned, its outputs are compared with the
+        gated model's in eval mode on random inputs; a mismatch raises :class:`ExportMismatchError`.
+        """
+        self._check_attached()
+        self._check_finite_parameters()
+        masks = self.deterministic_masks()
+        state = merged_state_dict(self.model, skip_prefix=STATE_ATTRIBUTE)
+        compact, info = self.adapter.build_compact(state, masks)
+        del state
+        params_after, flops_after = self.cost.total(masks)
+        report = ExportReport(
+            adapter=self.adapter.name,
+            method=self.config.method_name,
+            structures=list(self.specs),
+            target_sparsity=self.config.target_sparsity,
+            exact_sparsity=float(self.cost.sparsity(masks, self.config.target)),
+            params_before=int(self.cost.dense_params),
+            params_after=int(round(float(params_after))),
+            flops_per_token_before=float(self.cost.dense_flops),
+            flops_per_token_after=float(flops_after),
+            kept_units={name: m.sum(-1).long().tolist() for name, m in masks.items()},
+            layer_shapes=info.get("layer_shapes", []),
+            uniform=bool(info.get("uniform", False)),
+        )
+        counted = count_parameters(compact)
+        if counted != report.params_after:
+            raise AttachStateError(
+                f"The compact model has {counted} parameters but the cost model predicts {report.params_after}. "
+                "The model probably has parameters the adapter does not know; please report it."
+            )
+        if check:
+            previous = self.phase
+            self.phase = "frozen"
+            try:
+                report.max_abs_diff, report.reference_scale = check_equivalence(
+                    self.adapter, self.hf_model, compact, self.config.export_rtol
+                )
+            finally:
+                self.phase = previous
+        self.last_report = report
+        log.info("lightning-prune: %s", report.summary())
+        return compact
+
+    def save_compact(self, path: str | Path, overwrite: bool = False, compact: nn.Module | None = None) -> Path:
+        """Export (unless ``compact`` is given) and write the compact model to ``path`` atomically."""
+        from lightning_prune.export.io import save_compact
+
+        path = Path(path)
+        from lightning_prune.export.io import check_export_dir
+
+        check_export_dir(path, overwrite)  # fail before spending time on the export
+        compact = compact if compact is not None else self.export()
+        return save_compact(compact, path, report=self.last_report, overwrite=overwrite)
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def _check_attached(self) -> None:
+        if getattr(self.model, STATE_ATTRIBUTE, None) is not self.state:
+            raise AttachStateError("These gates were detached from the model (or replaced); attach again.")
+        for path, module in self._hooked:
+            current = self.hf_model.get_submodule(path) if path else self.hf_model
+            if current is not module:
+                raise AttachStateError(
+                    f"`{path}` was replaced after attach() (now {type(current).__name__}), so its masks are no longer "
+                    "applied. Apply peft's get_peft_model (or any other module surgery) *before* lightning_prune.attach()."
+                )
+        frozen = [n for n, p in self.gates.named_parameters() if not p.requires_grad]
+        if frozen and self.phase == "prune":
+            raise AttachStateError(
+                f"Gate parameters {frozen[:3]} do not require grad: something froze them after attach() (peft's "
+                "get_peft_model does). Apply peft before lightning_prune.attach()."
+            )
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks and the gates from the model; returns the model as it was before ``attach``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if getattr(self.model, STATE_ATTRIBUTE, None) is self.state:
+            delattr(self.model, STATE_ATTRIBUTE)
+        return self.model
+
+    def _check_target_reachable(self) -> None:
+        zeros = {name: torch.zeros(spec.rows, spec.units) for name, spec in self.specs.items()}
+        reachable = float(self.cost.sparsity(zeros, self.config.target))
+        if self.config.target_sparsity > reachable + 1e-9:
+            raise PruningConfigError(
+                f"`target_sparsity`={self.config.target_sparsity} cannot be reached by pruning {list(self.specs)}: "
+                f"removing every unit of them removes only {reachable:.3f} of the prunable {self.config.target}. "
+                "Add structures (e.g. 'hidden' or 'ffn') or lower the target."
+            )
+
+
+def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None) -> Pruner:
+    """Attach trainable gates to ``model`` according to ``config`` and return the :class:`Pruner`.
+
+    Args:
+        model: a supported model (Llama/Mistral/Qwen2/Qwen3 in this release), optionally wrapped by peft
+            (wrap first, then attach).
+        config: the method config, e.g. ``L0Config(target_sparsity=0.5)``.
+        adapter: name of a registered adapter to use instead of resolving one from the model.
+
+    Raises:
+        UnsupportedModelError: no adapter handles the model (the message lists the known ones).
+        PruningConfigError: the config asks for something the model cannot do.
+    """
+    return Pruner(model, config, adapter=adapter)
+

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny seeded models built from configs (no download), with or without peft LoRA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+torch.set_num_threads(2)
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def tiny_config(family: str = "llama", **overrides):
+    """A tiny decoder config with GQA (8 query heads sharing 4 KV heads) and an explicit head_dim."""
+    import transformers
+
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+    }[family]
+    values = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=16,
+        vocab_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    values.update(overrides)
+    return cls(**values)
+
+
+def tiny_causal_lm(family: str = "llama", seed: int = 0, **overrides):
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
+    return model.float().eval()
+
+
+def with_lora(model, seed: int = 1, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
+    """Wrap with peft LoRA on every projection and give B non-zero values, so LoRA changes the function."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return peft_model
+
+
+def randomize_gates(pruner, seed: int = 0, std: float = 3.0) -> None:
+    """Spread the gate scores so deterministic masks prune a random, non-trivial subset."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in pruner.gates.values():
+            for p in gate.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+@pytest.fixture
+def llama():
+    return tiny_causal_lm("llama")
