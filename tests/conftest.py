@@ -62,7 +62,11 @@ def with_lora(model, seed: int = 1, targets=("q_proj", "k_proj", "v_proj", "o_pr
 
 
 def randomize_gates(pruner, seed: int = 0, std: float = 3.0) -> None:
-    """Spread the gate scores so deterministic masks prune a random, non-trivial subset."""
+    """Spread the gate scores so deterministic masks prune a random, non-trivial subset.
+
+    Also turns off ``match_target`` so the learned counts (not the config's target) decide the masks.
+    """
+    pruner.config.match_target = False
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for gate in pruner.gates.values():

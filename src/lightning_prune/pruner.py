@@ -177,12 +177,74 @@ class Pruner:
         They depend on the gate parameters only (never on a batch) and are cached until those change.
         """
         key = tuple((name, p._version, p.data_ptr()) for name, p in self.state.named_parameters())
-        key += (self.config.uniform, tuple(sorted(self.config.keep_units.items())))
+        key += (self.config.uniform, self.config.match_target, self.phase, self.current_target())
+        key += tuple(sorted(self.config.keep_units.items()))
         if self._deterministic_cache is not None and self._deterministic_cache[0] == key:
             return self._deterministic_cache[1]
         masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
+        if self.config.match_target and self.phase != "dense":
+            masks = self._match_target(masks)
         self._deterministic_cache = (key, masks)
         return masks
+
+    def _match_target(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adjust learned counts so the exact sparsity reaches the current target (within one unit).
+
+        ``round(Σ P(kept))`` overestimates the kept count: a gate clamped at ``log α = −4.6`` still has
+        ``P(z ≠ 0) ≈ 0.05``, so a layer with many closed units "keeps" a few phantom ones. Here units are
+        removed lowest score first (or the best pruned ones restored when the masks overshoot) until
+        the exact prunable sparsity is the smallest value ≥ target. Per-unit costs are the exact
+        marginal costs (the gradient of the cost model at the current masks). With ``uniform=True``
+        whole slices (one unit in every layer) move together; ``keep_units`` structures never move.
+        """
+        target = self.current_target()
+        use_flops = self.config.target == "flops"
+        dense = self.cost.dense_prunable_flops if use_flops else self.cost.dense_prunable_params
+        values = {k: v.detach().clone().float().requires_grad_(True) for k, v in masks.items()}
+        with torch.enable_grad():
+            kept = self.cost.prunable(values)[1 if use_flops else 0]
+            if not torch.is_tensor(kept) or not kept.requires_grad:
+                return masks
+            grads = dict(zip(values, torch.autograd.grad(kept, list(values.values()), allow_unused=True)))
+        deficit = float(kept) - (1.0 - target) * dense  # > 0: too much kept
+        movable = [n for n in masks if n not in self.config.keep_units and grads.get(n) is not None]
+        if not movable or abs(deficit) < 1e-9:
+            return masks
+        candidates: list[tuple[float, float, str, torch.Tensor]] = []  # (score, cost, structure, index mask)
+        removing = deficit > 0
+        for name in movable:
+            score = self.gates[name].score().float()
+            cost = grads[name].float()
+            mask = masks[name]
+            pool = mask != 0 if removing else mask == 0
+            if self.config.uniform and self.specs[name].per_layer:
+                # k-th slice: the k-th worst kept (or best pruned) unit of every row
+                masked = torch.where(pool, score, torch.full_like(score, float("inf") if removing else -float("inf")))
+                order = torch.argsort(masked, dim=-1, descending=not removing, stable=True)
+                for k in range(int(pool.sum(-1).min())):
+                    sel = torch.zeros_like(mask, dtype=torch.bool)
+                    sel.scatter_(-1, order[:, k : k + 1], True)
+                    candidates.append((float(score[sel].mean()), float(cost[sel].sum()), name, sel))
+            else:
+                for idx in pool.nonzero():
+                    sel = torch.zeros_like(mask, dtype=torch.bool)
+                    sel[tuple(idx)] = True
+                    candidates.append((float(score[tuple(idx)]), float(cost[tuple(idx)]), name, sel))
+        candidates.sort(key=lambda c: c[0], reverse=not removing)
+        out = {k: v.clone() for k, v in masks.items()}
+        budget = deficit if removing else -deficit
+        for _, cost, name, sel in candidates:
+            if removing:
+                if budget <= 1e-9:
+                    break
+                out[name][sel] = 0.0
+                budget -= cost
+            else:
+                if cost > budget + 1e-9:
+                    break
+                out[name][sel] = 1.0
+                budget -= cost
+        return out
 
     # -- training ------------------------------------------------------------------------------------
     @property

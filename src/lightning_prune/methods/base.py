@@ -66,6 +66,10 @@ class PruningConfig:
         uniform: keep the same number of units in every layer so that the export is a standard config.
         keep_units: optional exact number of units to keep per row for some structures, e.g.
             ``{"heads": 2, "ffn": 128}`` (Sheared-LLaMA's target architecture). Overrides the learned count.
+        match_target: make deterministic masks reach the current target exactly (to one unit): the learned
+            per-row counts are corrected by removing the lowest-scored kept units (or restoring the best
+            pruned ones). Without it the counts are ``round(Σ P(kept))`` per row (CoFi), which keeps a few
+            phantom units because closed hard-concrete gates still have ``P(kept) ≈ 0.05``.
         gate_lr: learning rate of the gate parameters (own group, no weight decay).
         lagrangian_lr: learning rate of the Lagrange multipliers (gradient *ascent*); defaults to ``gate_lr``.
         flops_seq_len: sequence length used to count attention-score FLOPs.
@@ -78,6 +82,7 @@ class PruningConfig:
     warmup_steps: int = 0
     uniform: bool = False
     keep_units: dict[str, int] = field(default_factory=dict)
+    match_target: bool = True
     gate_lr: float = 0.1
     lagrangian_lr: float | None = None
     flops_seq_len: int = 512
