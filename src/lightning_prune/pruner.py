@@ -429,7 +429,7 @@ class Pruner:
             current = self.hf_model.get_submodule(path) if path else self.hf_model
             if current is not module:
                 raise AttachStateError(
-                    f"`{path}` was replaced after attach() (now {type(current).__name__}), so its masks are no longer "
+                    f"`{path}` was replaced after attach() (now {type(current).__module__}.{type(current).__qualname__}), so its masks are no longer "
                     "applied. Apply peft's get_peft_model (or any other module surgery) *before* lightning_prune.attach()."
                 )
         frozen = [n for n, p in self.gates.named_parameters() if not p.requires_grad]
