@@ -1,0 +1,106 @@
+"""Training overhead of the gates: step time and memory of the same model, batch and LoRA config with
+and without gates, measured side by side in one run (ratios only: never compare absolute times across runs).
+
+Memory is the activation memory autograd saves for backward plus parameter memory (exact byte counts;
+on CUDA the script also reports peak allocated memory).
+
+    python benchmarks/training_overhead.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import interleaved_median, llama, lora, param_bytes, saved_activation_bytes
+
+import lightning_prune as lp
+
+VARIANTS = {
+    "heads": ("heads",),
+    "ffn": ("ffn",),
+    "hidden": ("hidden",),
+    "heads+ffn": ("heads", "ffn"),
+    "all": ("heads", "ffn", "hidden", "attn_block", "mlp_block"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--big", action="store_true", help="a >=1B-parameter Llama shape (GPU only)")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    shape = dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, vocab=32000) if args.big else {}
+    batch, seq, repeats = (4, 64, 10) if args.quick else (8, 128, 30)
+    if args.big:
+        batch, seq = 4, 1024
+    device = torch.device(args.device)
+    torch.set_num_threads(torch.get_num_threads())
+
+    # one base model per variant (same seed: identical weights), each with LoRA
+    models, pruners, optimizers = {}, {}, {}
+    for name in ["plain", *VARIANTS]:
+        model = lora(llama(seed=0, dtype=dtype, **shape)).to(device)
+        if name != "plain":
+            pruners[name] = lp.attach(model, lp.L0Config(target_sparsity=0.2, structures=VARIANTS[name]))
+            groups = pruners[name].param_groups(lr=1e-4)
+        else:
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
+        models[name] = model.train()
+        optimizers[name] = torch.optim.AdamW(groups)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, models["plain"].config.vocab_size, (batch, seq), generator=gen).to(device)
+
+    def step(name):
+        def run():
+            model, opt = models[name], optimizers[name]
+            loss = model(input_ids=ids, labels=ids).loss
+            if name in pruners:
+                loss = loss + pruners[name].penalty()
+            loss.backward()
+            opt.step()
+            if name in pruners:
+                pruners[name].step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    times = interleaved_median({name: step(name) for name in models}, repeats=repeats)
+    rows = []
+    for name, model in models.items():
+        counter = [0]
+        with saved_activation_bytes(counter):
+            loss = model(input_ids=ids, labels=ids).loss
+            if name in pruners:
+                loss = loss + pruners[name].penalty()
+        del loss
+        peak = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step(name)()
+            peak = torch.cuda.max_memory_allocated()
+        rows.append((name, times[name], counter[0] + param_bytes(model), peak))
+
+    base_t, base_m, base_peak = rows[0][1], rows[0][2], rows[0][3]
+    n_params = sum(p.numel() for p in models["plain"].parameters())
+    print(f"model: Llama-shaped, {n_params / 1e6:.1f}M params, LoRA r=8 on all projections, batch {batch}x{seq}, "
+          f"{args.dtype}, {device.type}")
+    print(f"{'variant':<12}{'step (ms)':>12}{'time ratio':>12}{'memory ratio':>14}" + ("  peak ratio" if base_peak else ""))
+    worst_t, worst_m = 1.0, 1.0
+    for name, t, m, peak in rows:
+        line = f"{name:<12}{t * 1e3:>12.1f}{t / base_t:>12.3f}{m / base_m:>14.3f}"
+        if peak:
+            line += f"{peak / base_peak:>12.3f}"
+        print(line)
+        worst_t, worst_m = max(worst_t, t / base_t), max(worst_m, m / base_m)
+    print(f"headline: worst gated/plain step-time ratio {worst_t:.3f}x (goal <= 1.10), "
+          f"worst memory ratio {worst_m:.3f}x (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
