@@ -18,9 +18,16 @@ def llama(hidden=256, layers=4, heads=8, kv_heads=4, ffn=688, vocab=2000, seed=0
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv_heads, head_dim=hidden // heads, vocab_size=vocab,
-                      max_position_embeddings=4096)
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+    )
     return LlamaForCausalLM(cfg).to(dtype)
 
 
@@ -47,10 +54,15 @@ def interleaved_median(fns: dict, repeats: int, warmup: int = 2) -> dict[str, fl
 
 @contextmanager
 def saved_activation_bytes(counter: list[int]):
-    """Counts the bytes autograd saves for backward (the activation memory of a training step)."""
+    """Counts the distinct storage bytes autograd saves for backward (a training step's activation memory)."""
+
+    seen: set[tuple[int, int]] = set()
 
     def pack(t):
-        counter[0] += t.numel() * t.element_size()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:  # a tensor saved by several ops (or a view of one) is stored once
+            seen.add(key)
+            counter[0] += key[1]
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -34,14 +34,15 @@ def build(case, shape, dtype, device):
     if keep is not None:
         specs = {"heads": shape["kv_heads"], "ffn": shape["ffn"], "hidden": shape["hidden"]}
         keep_units = {s: max(1, int(round(specs[s] * f))) for s, f in keep.items()}
-        config = lp.L0Config(target_sparsity=0.0, structures=structures, keep_units=keep_units, uniform=uniform,
-                             match_target=False)
+        config = lp.L0Config(
+            target_sparsity=0.0, structures=structures, keep_units=keep_units, uniform=uniform, match_target=False
+        )
     else:  # per-layer: layer i keeps a different share, average ~50%
         config = lp.L0Config(target_sparsity=0.0, structures=structures, match_target=False)
     pruner = lp.attach(model, config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, gate in pruner.gates.items():
+        for gate in pruner.gates.values():
             gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=gen))
             if keep is None:  # P(kept) from ~0.25 (first layer) to ~0.75 (last): non-uniform counts
                 rows = gate.log_alpha.shape[0]

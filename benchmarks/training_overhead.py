@@ -88,9 +88,14 @@ def main() -> None:
 
     base_t, base_m, base_peak = rows[0][1], rows[0][2], rows[0][3]
     n_params = sum(p.numel() for p in models["plain"].parameters())
-    print(f"model: Llama-shaped, {n_params / 1e6:.1f}M params, LoRA r=8 on all projections, batch {batch}x{seq}, "
-          f"{args.dtype}, {device.type}")
-    print(f"{'variant':<12}{'step (ms)':>12}{'time ratio':>12}{'memory ratio':>14}" + ("  peak ratio" if base_peak else ""))
+    print(
+        f"model: Llama-shaped, {n_params / 1e6:.1f}M params, LoRA r=8 on all projections, batch {batch}x{seq}, "
+        f"{args.dtype}, {device.type}"
+    )
+    print(
+        f"{'variant':<12}{'step (ms)':>12}{'time ratio':>12}{'memory ratio':>14}"
+        + ("  peak ratio" if base_peak else "")
+    )
     worst_t, worst_m = 1.0, 1.0
     for name, t, m, peak in rows:
         line = f"{name:<12}{t * 1e3:>12.1f}{t / base_t:>12.3f}{m / base_m:>14.3f}"
@@ -98,8 +103,10 @@ def main() -> None:
             line += f"{peak / base_peak:>12.3f}"
         print(line)
         worst_t, worst_m = max(worst_t, t / base_t), max(worst_m, m / base_m)
-    print(f"headline: worst gated/plain step-time ratio {worst_t:.3f}x (goal <= 1.10), "
-          f"worst memory ratio {worst_m:.3f}x (goal <= 1.05)")
+    print(
+        f"headline: worst gated/plain step-time ratio {worst_t:.3f}x (goal <= 1.10), "
+        f"worst memory ratio {worst_m:.3f}x (goal <= 1.05)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def test_l0_gates_recover_planted_heads_and_channels():
     for l in range(2):
         truth["ffn"][l, keep_channels[l]] = 1.0
 
-    config = lp.L0Config(structures=("heads", "ffn"), target_sparsity=0.5, gate_lr=0.1, lagrangian_lr=0.01, warmup_steps=100)
+    config = lp.L0Config(
+        structures=("heads", "ffn"), target_sparsity=0.5, gate_lr=0.1, lagrangian_lr=0.01, warmup_steps=100
+    )
     pruner = lp.attach(student, config)
     planted_sparsity = float(pruner.cost.sparsity(truth))
     config.target_sparsity = planted_sparsity  # the matching target

@@ -28,11 +28,19 @@ print(json.dumps({"cls": type(model).__name__, "logits": logits.tolist()}))
 
 
 def _load_elsewhere(path, trust_remote_code: bool):
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin",
-           "HF_MODULES_CACHE": str(path.parent / "hf_modules")}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PATH": "/usr/bin:/bin",
+        "HF_MODULES_CACHE": str(path.parent / "hf_modules"),
+    }
     out = subprocess.run(
         [sys.executable, "-I", "-c", LOAD_WITHOUT_LP, str(path), "1" if trust_remote_code else "0", json.dumps(IDS)],
-        capture_output=True, text=True, env=env, cwd=str(path.parent), timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(path.parent),
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -84,8 +92,9 @@ def test_per_layer_export_loads_with_trust_remote_code_and_load_compact(tmp_path
 
 def test_per_layer_export_generates_with_kv_cache(tmp_path):
     model = tiny_causal_lm("llama")
-    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=("heads", "attn_block"),
-                                          keep_units={"attn_block": 1}))
+    pruner = lp.attach(
+        model, lp.L0Config(target_sparsity=0.0, structures=("heads", "attn_block"), keep_units={"attn_block": 1})
+    )
     randomize_gates(pruner, seed=2)
     compact = pruner.export()
     assert any(s["num_attention_heads"] == 0 for s in pruner.last_report.layer_shapes)

@@ -131,5 +131,7 @@ def test_stats_are_plain_floats():
     model = tiny_causal_lm("llama")
     pruner = lp.attach(model, lp.L0Config(structures=("heads", "ffn")))
     stats = pruner.stats()
-    assert {"target_sparsity", "expected_sparsity", "exact_sparsity", "lambda_1", "lambda_2", "kept/heads"} <= set(stats)
+    assert {"target_sparsity", "expected_sparsity", "exact_sparsity", "lambda_1", "lambda_2", "kept/heads"} <= set(
+        stats
+    )
     assert all(isinstance(v, float) for v in stats.values())

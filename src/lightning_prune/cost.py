@@ -13,8 +13,8 @@ expectations (the "coarse × fine × hidden" products of CoFi, Xia et al. 2022, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 

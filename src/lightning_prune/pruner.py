@@ -33,6 +33,7 @@ from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import check_equivalence
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
+from lightning_prune.ops import mask_mul
 from lightning_prune.structures import STRUCTURE_DOCS, StructureSpec
 
 log = logging.getLogger("lightning_prune")
@@ -114,6 +115,7 @@ class Pruner:
         device = next((p.device for p in self.hf_model.parameters()), torch.device("cpu"))
         self.state.to(device)
         model.add_module(STATE_ATTRIBUTE, self.state)
+        self._lean = all(gate.exact_zero_gradient for gate in gates.values())
         self.phase = "prune"
         self._masks: dict[str, torch.Tensor] | None = None
         self._cache: dict[str, Any] = {}
@@ -127,8 +129,12 @@ class Pruner:
         self._handles += [handle for _, _, handle in hooked]
         log.info(
             "lightning-prune: attached %s gates on %s to %s (%d prunable parameters, target sparsity %.2f of %s)",
-            config.gate_kind, list(self.specs), type(self.hf_model).__name__,
-            int(self.cost.dense_prunable_params), config.target_sparsity, config.target,
+            config.gate_kind,
+            list(self.specs),
+            type(self.hf_model).__name__,
+            int(self.cost.dense_prunable_params),
+            config.target_sparsity,
+            config.target,
         )
 
     # -- masks ---------------------------------------------------------------------------------------
@@ -150,6 +156,13 @@ class Pruner:
         if self._masks is None:
             return None
         return self._masks.get(structure)
+
+    def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x * mask`` for the hooks: the memory-lean :func:`~lightning_prune.ops.mask_mul` when every gate
+        kind has an exactly-zero gradient at mask 0, the plain product otherwise."""
+        if self._lean:
+            return mask_mul(x, mask)
+        return x * mask.to(dtype=x.dtype, device=x.device)
 
     def cached(self, key: str, compute) -> Any:
         if key not in self._cache:
@@ -277,7 +290,8 @@ class Pruner:
         if not torch.isfinite(total):
             raise NonFiniteError(
                 f"The pruning penalty is {total.item()} at pruning step {self.pruning_step} "
-                f"({ {k: float(v) for k, v in terms.items()} }). Lower `gate_lr`/`lagrangian_lr` or check the loss scale."
+                f"({ {k: float(v) for k, v in terms.items()} }). "
+                "Lower `gate_lr`/`lagrangian_lr` or check the loss scale."
             )
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return total
@@ -332,8 +346,12 @@ class Pruner:
         groups = [
             {"params": model_params, "lr": lr, "weight_decay": weight_decay, "name": "model"},
             {"params": self.gate_parameters(), "lr": gate_lr, "weight_decay": 0.0, "name": "lightning_prune.gates"},
-            {"params": self.multiplier_parameters(), "lr": lagrangian_lr, "weight_decay": 0.0,
-             "name": "lightning_prune.multipliers"},
+            {
+                "params": self.multiplier_parameters(),
+                "lr": lagrangian_lr,
+                "weight_decay": 0.0,
+                "name": "lightning_prune.multipliers",
+            },
         ]
         return [g for g in groups if g["params"]]
 
@@ -429,8 +447,9 @@ class Pruner:
             current = self.hf_model.get_submodule(path) if path else self.hf_model
             if current is not module:
                 raise AttachStateError(
-                    f"`{path}` was replaced after attach() (now {type(current).__module__}.{type(current).__qualname__}), so its masks are no longer "
-                    "applied. Apply peft's get_peft_model (or any other module surgery) *before* lightning_prune.attach()."
+                    f"`{path}` was replaced after attach() (now "
+                    f"{type(current).__module__}.{type(current).__qualname__}), so its masks are no longer applied. "
+                    "Apply peft's get_peft_model (or any other module surgery) *before* lightning_prune.attach()."
                 )
         frozen = [n for n, p in self.gates.named_parameters() if not p.requires_grad]
         if frozen and self.phase == "prune":
@@ -473,4 +492,3 @@ def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None) 
         PruningConfigError: the config asks for something the model cannot do.
     """
     return Pruner(model, config, adapter=adapter)
-

@@ -29,11 +29,27 @@ class MaskSource(Protocol):
     def cached(self, key: str, compute) -> Any:
         """A value derived from the current masks, computed once per forward pass."""
 
+    def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x * mask`` (broadcast), through the memory-lean op when the gate kinds allow it."""
+
 
 def base_layer(module: nn.Module) -> nn.Module:
     """The wrapped layer of a peft tuner layer (``lora.Linear``), or the module itself."""
     getter = getattr(module, "get_base_layer", None)
     return getter() if callable(getter) else module
+
+
+def plain_parameter_sizes(model: nn.Module) -> dict[str, int]:
+    """Parameter sizes of ``model`` under the plain model's names: peft wrappers seen through
+    (``base_layer``), LoRA adapters and the pruner's own state skipped, shared tensors counted once."""
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if "lora_" in name or "pruning_gates" in name or ".original_module." in name or id(p) in seen:
+            continue
+        seen.add(id(p))
+        out[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = p.numel()
+    return out
 
 
 class ModelAdapter(abc.ABC):

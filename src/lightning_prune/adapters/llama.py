@@ -34,10 +34,6 @@ LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 
 
-def _mul_last(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x * mask.to(dtype=x.dtype, device=x.device)
-
-
 class LlamaAdapter(ModelAdapter):
     """Adapter for ``*ForCausalLM`` / ``*ForSequenceClassification`` / ``*Model`` of the Llama family."""
 
@@ -70,7 +66,10 @@ class LlamaAdapter(ModelAdapter):
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
         attn0, mlp0 = self.layers[0].self_attn, self.layers[0].mlp
-        for owner, names in ((attn0, ("q_proj", "k_proj", "v_proj", "o_proj")), (mlp0, ("gate_proj", "up_proj", "down_proj"))):
+        for owner, names in (
+            (attn0, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (mlp0, ("gate_proj", "up_proj", "down_proj")),
+        ):
             for n in names:
                 if not isinstance(base_layer(getattr(owner, n, None) or nn.Identity()), nn.Linear):
                     raise UnsupportedModelError(
@@ -80,7 +79,8 @@ class LlamaAdapter(ModelAdapter):
         if base_layer(attn0.q_proj).out_features != self.num_heads * self.head_dim:
             raise UnsupportedModelError(
                 f"q_proj has {base_layer(attn0.q_proj).out_features} outputs, expected "
-                f"num_attention_heads*head_dim = {self.num_heads * self.head_dim}; the config does not match the weights."
+                f"num_attention_heads*head_dim = {self.num_heads * self.head_dim}; "
+                "the config does not match the weights."
             )
         self.head = None
         for head_name in ("lm_head", "score"):
@@ -88,8 +88,10 @@ class LlamaAdapter(ModelAdapter):
                 self.head_name = head_name
                 self.head = getattr(model, head_name)
                 break
-        self.tied = bool(getattr(config, "tie_word_embeddings", False)) and self.head is not None and (
-            base_layer(self.head).weight is base_layer(self.backbone.embed_tokens).weight
+        self.tied = (
+            bool(getattr(config, "tie_word_embeddings", False))
+            and self.head is not None
+            and (base_layer(self.head).weight is base_layer(self.backbone.embed_tokens).weight)
         )
 
     # -- structures and costs ----------------------------------------------------------------------
@@ -122,12 +124,21 @@ class LlamaAdapter(ModelAdapter):
             a_gate = (("attn_block", 0, l),)
             m_gate = (("mlp_block", 0, l),)
             base = f"{self.prefix}layers.{l}."
-            for name, out, inp in (("q_proj", q, hidden), ("k_proj", kv, hidden), ("v_proj", kv, hidden), ("o_proj", hidden, q)):
+            for name, out, inp in (
+                ("q_proj", q, hidden),
+                ("k_proj", kv, hidden),
+                ("v_proj", kv, hidden),
+                ("o_proj", hidden, q),
+            ):
                 mod = getattr(attn, name)
-                terms.append(CostTerm(f"layers.{l}.self_attn.{name}", out, inp, a_gate, self._has_bias(mod), True, True, 2.0))
+                terms.append(
+                    CostTerm(f"layers.{l}.self_attn.{name}", out, inp, a_gate, self._has_bias(mod), True, True, 2.0)
+                )
                 covered.update({f"{base}self_attn.{name}.weight", f"{base}self_attn.{name}.bias"})
             # attention scores and weighted values: 4 · T · (query dims) FLOPs per token, no parameters
-            terms.append(CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 4.0))
+            terms.append(
+                CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 4.0)
+            )
             for name, out, inp in (("gate_proj", ffn, hidden), ("up_proj", ffn, hidden), ("down_proj", hidden, ffn)):
                 mod = getattr(mlp, name)
                 terms.append(CostTerm(f"layers.{l}.mlp.{name}", out, inp, m_gate, self._has_bias(mod), True, True, 2.0))
@@ -140,8 +151,14 @@ class LlamaAdapter(ModelAdapter):
         if self.head is not None:
             head = base_layer(self.head)
             terms.append(
-                CostTerm(self.head_name, Dim(head.out_features), hidden, bias=head.bias is not None,
-                         params=not self.tied, flops_per_param=2.0)
+                CostTerm(
+                    self.head_name,
+                    Dim(head.out_features),
+                    hidden,
+                    bias=head.bias is not None,
+                    params=not self.tied,
+                    flops_per_param=2.0,
+                )
             )
             covered.update({f"{self.head_name}.weight", f"{self.head_name}.bias"})
         # Anything else (Qwen3's q_norm/k_norm over head_dim, ...) is not resized by any structure.
@@ -182,7 +199,7 @@ class LlamaAdapter(ModelAdapter):
 
             def embed_hook(module, args, output):
                 m = source.mask("hidden")
-                return output if m is None else _mul_last(output, m[0])
+                return output if m is None else source.multiply(output, m[0])
 
             add(f"{p}embed_tokens", embed, embed.register_forward_hook(embed_hook))
 
@@ -196,16 +213,18 @@ class LlamaAdapter(ModelAdapter):
                 scale = source.cached("hidden_norm_scale", norm_scale)
                 if scale is None:
                     return None
-                return (args[0] * scale.to(args[0].dtype),) + tuple(args[1:])
+                return (source.multiply(args[0], scale),) + tuple(args[1:])
 
             def norm_post_hook(module, args, output):
                 scale = source.cached("hidden_norm_scale", norm_scale)
-                return output if scale is None else output / scale.to(output.dtype)
+                return output if scale is None else source.multiply(output, 1.0 / scale)
 
             norms = [(f"{p}norm", self.backbone.norm)]
             for l, layer in enumerate(self.layers):
-                norms += [(f"{p}layers.{l}.input_layernorm", layer.input_layernorm),
-                          (f"{p}layers.{l}.post_attention_layernorm", layer.post_attention_layernorm)]
+                norms += [
+                    (f"{p}layers.{l}.input_layernorm", layer.input_layernorm),
+                    (f"{p}layers.{l}.post_attention_layernorm", layer.post_attention_layernorm),
+                ]
             for path, norm in norms:
                 add(path, norm, norm.register_forward_pre_hook(norm_pre_hook))
                 add(path, norm, norm.register_forward_hook(norm_post_hook))
@@ -222,7 +241,7 @@ class LlamaAdapter(ModelAdapter):
                     if m is None:
                         return None
                     x = args[0]
-                    masked = x.view(*x.shape[:-1], nkv, width) * m[l].to(x.dtype)[:, None]
+                    masked = source.multiply(x.view(*x.shape[:-1], nkv, width), m[l][:, None])
                     return (masked.view_as(x),) + tuple(args[1:])
 
                 add(attn_path, o_proj, o_proj.register_forward_pre_hook(head_pre_hook))
@@ -231,7 +250,7 @@ class LlamaAdapter(ModelAdapter):
 
                 def ffn_pre_hook(module, args, l=l):
                     m = source.mask("ffn")
-                    return None if m is None else (_mul_last(args[0], m[l]),) + tuple(args[1:])
+                    return None if m is None else (source.multiply(args[0], m[l]),) + tuple(args[1:])
 
                 add(mlp_path, down_proj, down_proj.register_forward_pre_hook(ffn_pre_hook))
 
@@ -241,15 +260,12 @@ class LlamaAdapter(ModelAdapter):
                     continue
 
                 def write_hook(module, args, output, l=l, block=block, use_block=use_block):
-                    out = output
-                    if use_block:
-                        z = source.mask(block)
-                        if z is not None:
-                            out = out * z[0, l].to(out.dtype)
-                    h = source.mask("hidden")
-                    if h is not None:
-                        out = _mul_last(out, h[0])
-                    return out
+                    factor = None
+                    if use_block and (z := source.mask(block)) is not None:
+                        factor = z[0, l]
+                    if (h := source.mask("hidden")) is not None:
+                        factor = h[0] if factor is None else h[0] * factor
+                    return output if factor is None else source.multiply(output, factor)
 
                 add(path, module, module.register_forward_hook(write_hook))
         return hooks
@@ -394,7 +410,7 @@ def _standard_config(config_class: type, values: dict[str, Any]) -> Any | None:
 def layer_shape_summary(layer_shapes: list[dict[str, int]]) -> str:
     """One line per layer: heads / kv heads / FFN channels."""
     return "\n".join(
-        f"layer {i:>3}: heads {s['num_attention_heads']:>4}  kv {s['num_key_value_heads']:>3}  ffn {s['intermediate_size']:>6}"
+        f"layer {i:>3}: heads {s['num_attention_heads']:>4}  kv {s['num_key_value_heads']:>3}  "
+        f"ffn {s['intermediate_size']:>6}"
         for i, s in enumerate(layer_shapes)
     )
-

@@ -16,7 +16,12 @@ from pathlib import Path
 import transformers
 from torch import nn
 
-from lightning_prune.export.per_layer import MODEL_TYPE_PREFIX, MODELING_FILENAME, per_layer_module, render_modeling_source
+from lightning_prune.export.per_layer import (
+    MODEL_TYPE_PREFIX,
+    MODELING_FILENAME,
+    per_layer_module,
+    render_modeling_source,
+)
 from lightning_prune.export.report import REPORT_FILENAME, ExportReport
 
 
@@ -49,7 +54,7 @@ def save_compact(
         model.save_pretrained(tmp, safe_serialization=True)
         model_type = getattr(model.config, "model_type", "")
         if model_type.startswith(MODEL_TYPE_PREFIX):
-            (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX):]))
+            (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX) :]))
         if report is not None:
             report.to_json(tmp / REPORT_FILENAME)
         if tokenizer is not None:
@@ -83,7 +88,7 @@ def load_compact(path: str | Path, **kwargs) -> nn.Module:
     if not architectures:
         raise ValueError(f"{config_file} names no architecture; cannot tell which class to load.")
     if model_type.startswith(MODEL_TYPE_PREFIX):
-        module = per_layer_module(model_type[len(MODEL_TYPE_PREFIX):])
+        module = per_layer_module(model_type[len(MODEL_TYPE_PREFIX) :])
         cls = getattr(module, architectures[0])
     else:
         cls = getattr(transformers, architectures[0])

@@ -51,5 +51,5 @@ class ExportReport:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ExportReport":
+    def from_json(cls, path: str | Path) -> ExportReport:
         return cls(**json.loads(Path(path).read_text()))

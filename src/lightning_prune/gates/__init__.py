@@ -8,7 +8,8 @@ A new gate kind is one file plus one :func:`register_gate` call::
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.base import Gate

@@ -25,6 +25,10 @@ class Gate(nn.Module, abc.ABC):
         units: number of units per row (e.g. heads per layer).
     """
 
+    #: True when a mask value of exactly 0 has zero gradient w.r.t. the gate parameters (as for a clamped
+    #: hard-concrete sample); hooks may then use :func:`lightning_prune.ops.mask_mul`, which saves memory.
+    exact_zero_gradient: bool = False
+
     def __init__(self, rows: int, units: int) -> None:
         super().__init__()
         if rows < 1 or units < 1:

@@ -35,6 +35,7 @@ class HardConcreteGate(Gate):
     """
 
     eps = 1e-6
+    exact_zero_gradient = True  # z = clamp(·, 0, 1): a sample at 0 has no gradient w.r.t. log α
 
     def __init__(
         self,

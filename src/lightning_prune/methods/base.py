@@ -8,8 +8,9 @@ penalty terms added to the task loss (:meth:`PruningConfig.build_regularizer`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from lightning_prune.structures import StructureSpec
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.pruner import Pruner
 
-_METHODS: dict[str, type["PruningConfig"]] = {}
+_METHODS: dict[str, type[PruningConfig]] = {}
 
 C = TypeVar("C", bound=type["PruningConfig"])
 
@@ -39,7 +40,7 @@ def register_method(name: str) -> Callable[[C], C]:
     return wrap
 
 
-def method_config_class(name: str) -> type["PruningConfig"]:
+def method_config_class(name: str) -> type[PruningConfig]:
     try:
         return _METHODS[name]
     except KeyError:
@@ -102,7 +103,9 @@ class PruningConfig:
                 f"got {t!r}. HINT: 0.4 removes 40%; a percentage such as 40 must be divided by 100."
             )
         if not self.structures:
-            raise PruningConfigError("`structures` is empty: name at least one structure to gate, e.g. ('heads', 'ffn').")
+            raise PruningConfigError(
+                "`structures` is empty: name at least one structure to gate, e.g. ('heads', 'ffn')."
+            )
         if len(set(self.structures)) != len(self.structures):
             raise PruningConfigError(f"`structures` lists a name twice: {self.structures}.")
         if self.target not in ("params", "flops"):
@@ -131,7 +134,7 @@ class PruningConfig:
     def build_gate(self, spec: StructureSpec) -> Gate:
         return gate_class(self.gate_kind)(spec.rows, spec.units, **self.gate_kwargs(spec))
 
-    def build_regularizer(self, pruner: "Pruner") -> nn.Module:
+    def build_regularizer(self, pruner: Pruner) -> nn.Module:
         """A module whose ``forward(pruner) -> dict[str, Tensor]`` returns the named penalty terms."""
         raise NotImplementedError
 

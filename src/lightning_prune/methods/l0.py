@@ -36,7 +36,7 @@ class LagrangianRegularizer(nn.Module):
     def current_target(self, step: int) -> float:
         return linear_warmup(self.target_sparsity, step, self.warmup_steps)
 
-    def forward(self, pruner: "Pruner") -> dict[str, torch.Tensor]:
+    def forward(self, pruner: Pruner) -> dict[str, torch.Tensor]:
         expected = pruner.expected_sparsity(self.target)
         t = self.current_target(pruner.pruning_step)
         return {"lagrangian": self.constraint(expected, t)}
@@ -80,5 +80,5 @@ class L0Config(PruningConfig):
             "log_alpha_clamp": self.log_alpha_clamp,
         }
 
-    def build_regularizer(self, pruner: "Pruner") -> nn.Module:
+    def build_regularizer(self, pruner: Pruner) -> nn.Module:
         return LagrangianRegularizer(self.target_sparsity, self.warmup_steps, self.target)
