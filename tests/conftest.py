@@ -48,7 +48,10 @@ def tiny_causal_lm(family: str = "llama", seed: int = 0, **overrides):
     return model.float().eval()
 
 
-def with_lora(model, seed: int = 1, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
+LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def with_lora(model, seed: int = 1, targets=LLAMA_LORA_TARGETS):
     """Wrap with peft LoRA on every projection and give B non-zero values, so LoRA changes the function."""
     from peft import LoraConfig, get_peft_model
 

@@ -393,6 +393,7 @@ class Pruner:
         masks = self.deterministic_masks()
         state = merged_state_dict(self.model, skip_prefix=STATE_ATTRIBUTE)
         compact, info = self.adapter.build_compact(state, masks)
+        compact.eval()  # a fresh model starts in training mode (dropout on); exports are for inference
         del state
         params_after, flops_after = self.cost.total(masks)
         report = ExportReport(

@@ -14,11 +14,12 @@ Register an adapter for a family the library does not know::
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer
+from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
 from lightning_prune.errors import UnsupportedModelError
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
@@ -74,16 +75,20 @@ def _supported_families() -> str:
     return "model types: " + ", ".join(families) if families else "no families"
 
 
+from lightning_prune.adapters.bert import BertAdapter  # noqa: E402
 from lightning_prune.adapters.llama import LlamaAdapter  # noqa: E402
 
 register_adapter("llama")(LlamaAdapter)
+register_adapter("bert")(BertAdapter)
 
 __all__ = [
     "ModelAdapter",
     "MaskSource",
     "base_layer",
+    "plain_parameter_sizes",
     "register_adapter",
     "resolve_adapter",
     "available_adapters",
     "LlamaAdapter",
+    "BertAdapter",
 ]

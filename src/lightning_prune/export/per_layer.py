@@ -1,10 +1,17 @@
 """Per-layer (non-uniform) exports: a config subclass with ``layer_shapes`` and a small modeling file.
 
-The modeling file is rendered from ``modeling_template.py.txt`` for the model's family and written into
-the export directory, so the export loads with ``AutoModelFor*.from_pretrained(path,
-trust_remote_code=True)`` without lightning-prune installed. Inside lightning-prune the same rendered
-source is imported from memory (:func:`per_layer_module`), so :func:`~lightning_prune.load_compact`
-never executes code from the export directory.
+The modeling file is rendered from a template for the model's family (``modeling_template.py.txt`` for
+the Llama family, ``modeling_bert_template.py.txt`` for BERT/RoBERTa) and written into the export
+directory, so the export loads with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)``
+without lightning-prune installed. Inside lightning-prune the same rendered source is imported from
+memory (:func:`per_layer_module`), so :func:`~lightning_prune.load_compact` never executes code from the
+export directory.
+
+Each transformers ``model_type`` that can be exported per layer has a :class:`PerLayerFamily` in a small
+registry (:func:`register_per_layer_family`): its template, the class-name prefix substituted into it,
+the model kinds the template defines and how to turn the original config into the per-layer class's
+nominal config (transformers 5 configs validate in ``__init__``, so the nominal sizes must pass the
+parent class's checks; the per-layer shapes then override them).
 """
 
 from __future__ import annotations
@@ -12,23 +19,119 @@ from __future__ import annotations
 import functools
 import sys
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from lightning_prune.adapters.bert import BERT_FAMILIES
 from lightning_prune.adapters.llama import LLAMA_FAMILIES
 
 MODELING_FILENAME = "modeling_lightning_prune.py"
 MODEL_TYPE_PREFIX = "lightning_prune_"
-_TEMPLATE = Path(__file__).with_name("modeling_template.py.txt")
+
+#: model kind (class-name suffix) -> the Auto class that loads it
+AUTO_CLASSES: dict[str, str] = {
+    "ForCausalLM": "AutoModelForCausalLM",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "Model": "AutoModel",
+}
+
+NominalConfig = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PerLayerFamily:
+    """How one transformers ``model_type`` is exported with per-layer shapes.
+
+    Attributes:
+        class_prefix: the family's class-name prefix (``"Llama"`` for ``LlamaConfig``), substituted for
+            ``__FAMILY__`` in the template; ``__MODULE__`` becomes the model_type.
+        template: file name of the modeling template, next to this module.
+        kinds: class-name suffixes the template defines (``"ForSequenceClassification"``, ``"Model"``, ...).
+        nominal_config: maps ``(original config dict, layer_shapes)`` to the kwargs of the per-layer config
+            (nominal sizes that pass the parent config's and modules' checks).
+    """
+
+    class_prefix: str
+    template: str
+    kinds: tuple[str, ...]
+    nominal_config: NominalConfig
+
+
+_FAMILIES: dict[str, PerLayerFamily] = {}
+
+
+def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
+    """Make ``model_type`` exportable with per-layer shapes (a new family is one template + one call)."""
+    if not (Path(__file__).with_name(family.template)).exists():
+        raise FileNotFoundError(
+            f"Per-layer template {family.template!r} for {model_type!r} is not in {Path(__file__).parent}."
+        )
+    unknown = [k for k in family.kinds if k not in AUTO_CLASSES]
+    if unknown:
+        raise ValueError(f"Unknown model kinds {unknown} for {model_type!r}; known kinds: {list(AUTO_CLASSES)}.")
+    _FAMILIES[model_type] = family
+
+
+def per_layer_family(model_type: str) -> PerLayerFamily:
+    """The registered :class:`PerLayerFamily` of ``model_type``."""
+    if model_type not in _FAMILIES:
+        raise ValueError(f"Per-layer export supports {sorted(_FAMILIES)}, not {model_type!r}.")
+    return _FAMILIES[model_type]
+
+
+def _without_export_keys(config: dict[str, Any]) -> dict[str, Any]:
+    cfg = dict(config)
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", "layer_shapes"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def _llama_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    cfg = _without_export_keys(config)
+    # Nominal sizes: the per-layer shapes override them. One head passes every family's config checks
+    # (LlamaConfig wants hidden_size % num_attention_heads == 0); head_dim is explicit in the config.
+    cfg["num_attention_heads"] = 1
+    cfg["num_key_value_heads"] = 1
+    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
+def _bert_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    cfg = _without_export_keys(config)
+    # BertSelfAttention derives head size = hidden_size / num_attention_heads and rejects a remainder:
+    # one nominal head always divides. The template sets each layer's heads and head size
+    # (config.attention_head_size) from layer_shapes.
+    for key in ("attention_head_size", "pooler_size"):
+        if key not in cfg:
+            raise ValueError(f"A per-layer BERT config needs `{key}`; the adapter must pass it.")
+    cfg["num_attention_heads"] = 1
+    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
+for _model_type, _prefix in LLAMA_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(
+            _prefix, "modeling_template.py.txt", ("ForCausalLM", "ForSequenceClassification", "Model"), _llama_nominal
+        ),
+    )
+for _model_type, _prefix in BERT_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(_prefix, "modeling_bert_template.py.txt", ("ForSequenceClassification", "Model"), _bert_nominal),
+    )
 
 
 def render_modeling_source(family: str) -> str:
     """The modeling file's source for ``family`` (a transformers model_type such as ``"llama"``)."""
-    if family not in LLAMA_FAMILIES:
-        raise ValueError(f"Per-layer export supports {sorted(LLAMA_FAMILIES)}, not {family!r}.")
-    return _TEMPLATE.read_text().replace("__FAMILY__", LLAMA_FAMILIES[family]).replace("__MODULE__", family)
+    spec = per_layer_family(family)
+    template = Path(__file__).with_name(spec.template).read_text()
+    return template.replace("__FAMILY__", spec.class_prefix).replace("__MODULE__", family)
 
 
 @functools.cache
@@ -43,49 +146,39 @@ def per_layer_module(family: str) -> types.ModuleType:
 
 
 def class_names(family: str) -> dict[str, str]:
-    prefix = f"Pruned{LLAMA_FAMILIES[family]}"
-    return {
-        "config": f"{prefix}Config",
-        "ForCausalLM": f"{prefix}ForCausalLM",
-        "ForSequenceClassification": f"{prefix}ForSequenceClassification",
-        "Model": f"{prefix}Model",
-    }
+    spec = per_layer_family(family)
+    prefix = f"Pruned{spec.class_prefix}"
+    return {"config": f"{prefix}Config", **{kind: f"{prefix}{kind}" for kind in spec.kinds}}
 
 
 def auto_map(family: str) -> dict[str, str]:
     names = class_names(family)
     stem = MODELING_FILENAME[:-3]
-    return {
-        "AutoConfig": f"{stem}.{names['config']}",
-        "AutoModel": f"{stem}.{names['Model']}",
-        "AutoModelForCausalLM": f"{stem}.{names['ForCausalLM']}",
-        "AutoModelForSequenceClassification": f"{stem}.{names['ForSequenceClassification']}",
-    }
+    out = {"AutoConfig": f"{stem}.{names['config']}"}
+    for kind in per_layer_family(family).kinds:
+        out[AUTO_CLASSES[kind]] = f"{stem}.{names[kind]}"
+    return out
 
 
-def _kind(class_name: str) -> str:
-    for kind in ("ForCausalLM", "ForSequenceClassification"):
+def _kind(family: str, class_name: str) -> str:
+    kinds = per_layer_family(family).kinds
+    for kind in sorted(kinds, key=len, reverse=True):  # "...ForSequenceClassification" before "...Model"
         if class_name.endswith(kind):
             return kind
-    if class_name.endswith("Model"):
-        return "Model"
-    raise ValueError(f"Per-layer export supports *ForCausalLM, *ForSequenceClassification and *Model, not {class_name}.")
+    supported = ", ".join(f"*{k}" for k in kinds)
+    raise ValueError(f"Per-layer export of {family!r} supports {supported}, not {class_name}.")
 
 
-def build_per_layer_model(family: str, base_class_name: str, config: dict[str, Any], layer_shapes: list[dict[str, int]]) -> nn.Module:
+def build_per_layer_model(
+    family: str, base_class_name: str, config: dict[str, Any], layer_shapes: list[dict[str, Any]]
+) -> nn.Module:
     """A per-layer model of the same kind as ``base_class_name`` with ``config`` and ``layer_shapes``."""
+    spec = per_layer_family(family)
+    kind = _kind(family, base_class_name)
     module = per_layer_module(family)
     names = class_names(family)
-    cfg_dict = dict(config)
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", "layer_shapes"):
-        cfg_dict.pop(key, None)
-    # Nominal sizes: the per-layer shapes override them. One head passes every family's config checks
-    # (LlamaConfig wants hidden_size % num_attention_heads == 0); head_dim is explicit in the config.
-    cfg_dict["num_attention_heads"] = 1
-    cfg_dict["num_key_value_heads"] = 1
-    cfg_dict["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
-    pruned_config = getattr(module, names["config"])(layer_shapes=layer_shapes, **cfg_dict)
-    kind = _kind(base_class_name)
+    kwargs = spec.nominal_config(config, layer_shapes)
+    pruned_config = getattr(module, names["config"])(layer_shapes=layer_shapes, **kwargs)
     pruned_config.architectures = [names[kind]]
     pruned_config.auto_map = auto_map(family)
     return getattr(module, names[kind])(pruned_config)
