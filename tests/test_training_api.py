@@ -135,3 +135,15 @@ def test_stats_are_plain_floats():
         stats
     )
     assert all(isinstance(v, float) for v in stats.values())
+
+
+def test_cost_model_counts_are_exact_beyond_float32_precision():
+    """2**24 + 1 parameters cannot be represented in float32; the count must still be exact."""
+    from lightning_prune.cost import CostModel, CostTerm, Dim
+
+    cost = CostModel([CostTerm("w", Dim(4097, "ffn", 0, 1), Dim(4097), prunable=True)])
+    mask = torch.ones(1, 4097)
+    assert int(cost.total({"ffn": mask})[0]) == 4097 * 4097  # odd and > 2**24
+    mask[0, :2] = 0
+    assert int(cost.total({"ffn": mask})[0]) == 4095 * 4097
+    assert cost.sparsity({"ffn": mask}).dtype == torch.float32

@@ -106,6 +106,8 @@ class CostModel:
         self.dense_flops = float(total_f)
 
     def _sum(self, values: Mapping[str, torch.Tensor], prunable_only: bool):
+        # float64: counts of billions of parameters must be exact (float32 is exact only up to 2**24)
+        values = {k: v.double() for k, v in values.items()}
         params: torch.Tensor | float = 0.0
         flops: torch.Tensor | float = 0.0
         for term in self.terms:
@@ -128,5 +130,5 @@ class CostModel:
         """Fraction of prunable parameters (or FLOPs) removed: ``1 − kept / dense``."""
         params, flops = self.prunable(values)
         if target == "params":
-            return 1.0 - torch.as_tensor(params) / self.dense_prunable_params
-        return 1.0 - torch.as_tensor(flops) / self.dense_prunable_flops
+            return (1.0 - torch.as_tensor(params) / self.dense_prunable_params).float()
+        return (1.0 - torch.as_tensor(flops) / self.dense_prunable_flops).float()
