@@ -122,6 +122,10 @@ class Pruner:
         self._deterministic_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
         self.last_terms: dict[str, float] = {}
         self.last_report: ExportReport | None = None
+        #: When not ``None``, training-mode masks are drawn from an RNG seeded with this value (the global RNG
+        #: state is saved and restored around the draw), so samples are reproducible across a resume and equal on
+        #: every rank. ``PruningCallback`` sets it from ``(seed, global_step, micro-batch)`` before each batch.
+        self.sample_seed: int | None = None
         root = self.adapter.root_module()
         self._handles = [root.register_forward_pre_hook(self._refresh)]
         hooked = self.adapter.install_hooks(self, set(self.specs))
@@ -147,9 +151,20 @@ class Pruner:
         if self.phase == "dense":
             self._masks = None
         elif self.phase == "prune" and module.training:
-            self._masks = {name: gate.sample() for name, gate in self.gates.items()}
+            self._masks = self._sample_masks()
         else:
             self._masks = self.deterministic_masks()
+
+    def _sample_masks(self) -> dict[str, torch.Tensor]:
+        if self.sample_seed is None:
+            return {name: gate.sample() for name, gate in self.gates.items()}
+        device = self.state.step.device
+        cuda = [device.index] if device.type == "cuda" else []  # a tensor's CUDA device always has an index
+        with torch.random.fork_rng(devices=cuda):  # the global CPU (and this GPU's) RNG state is restored after
+            torch.random.default_generator.manual_seed(self.sample_seed)
+            if cuda:
+                torch.cuda.default_generators[cuda[0]].manual_seed(self.sample_seed)
+            return {name: gate.sample() for name, gate in self.gates.items()}
 
     def mask(self, structure: str) -> torch.Tensor | None:
         """The mask of ``structure`` for the current forward pass (``None`` in the dense phase)."""
@@ -252,9 +267,7 @@ class Pruner:
                     break
                 out[name][sel] = 0.0
                 budget -= cost
-            else:
-                if cost > budget + 1e-9:
-                    break
+            elif cost <= budget + 1e-9:  # restore the best pruned units that still fit; skip costlier ones
                 out[name][sel] = 1.0
                 budget -= cost
         return out
