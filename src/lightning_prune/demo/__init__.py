@@ -1,0 +1,1 @@
+"""The README's main job: ``python -m lightning_prune.demo`` (see :mod:`lightning_prune.demo.main`)."""

@@ -1,0 +1,3 @@
+from lightning_prune.demo.main import main
+
+main()
