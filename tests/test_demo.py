@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from lightning_prune.demo.data import LABELS, _TEMPLATES, _TEST_TEMPLATES, make_domain_dataset
+from lightning_prune.demo.data import _TEMPLATES, _TEST_TEMPLATES, LABELS, make_domain_dataset
 from lightning_prune.demo.main import main
 
 
