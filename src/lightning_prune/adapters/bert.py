@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
@@ -244,47 +245,16 @@ class BertAdapter(ModelAdapter):
                 add(path, norm, norm.register_forward_hook(norm_hook))
 
         for l, layer in enumerate(self.layers):
-            attn_path = f"{p}encoder.layer.{l}.attention.output.dense"
-            mlp_path = f"{p}encoder.layer.{l}.output.dense"
-            attn_out, mlp_out = layer.attention.output.dense, layer.output.dense
-
-            if "heads" in structures:
-
-                def head_pre_hook(module, args, l=l):
-                    m = source.mask("heads")
-                    if m is None:
-                        return None
-                    x = args[0]  # (B, T, nh · hd) context
-                    masked = source.multiply(x.view(*x.shape[:-1], nh, hd), m[l][:, None])
-                    return (masked.view_as(x),) + tuple(args[1:])
-
-                add(attn_path, attn_out, attn_out.register_forward_pre_hook(head_pre_hook))
-
-            if "ffn" in structures:
-
-                def ffn_pre_hook(module, args, l=l):
-                    m = source.mask("ffn")
-                    return None if m is None else (source.multiply(args[0], m[l]),) + tuple(args[1:])
-
-                add(mlp_path, mlp_out, mlp_out.register_forward_pre_hook(ffn_pre_hook))
-
-            for block, path, module in (("attn_block", attn_path, attn_out), ("mlp_block", mlp_path, mlp_out)):
-                use_block = block in structures
-                if not (use_block or "hidden" in structures):
-                    continue
-
-                def write_hook(module, args, output, l=l, block=block, use_block=use_block):
-                    out = output
-                    if use_block:
-                        z = source.mask(block)
-                        if z is not None:
-                            out = source.multiply(out, z[0, l])
-                    h = source.mask("hidden")
-                    if h is not None:
-                        out = source.multiply(out, h[0])
-                    return out
-
-                add(path, module, module.register_forward_hook(write_hook))
+            base = f"{p}encoder.layer.{l}."
+            hooks += install_block_hooks(
+                source,
+                structures,
+                l,
+                attn_out=(f"{base}attention.output.dense", layer.attention.output.dense),
+                mlp_out=(f"{base}output.dense", layer.output.dense),
+                head_units=nh,
+                head_width=hd,
+            )
         return hooks
 
     # -- export ------------------------------------------------------------------------------------

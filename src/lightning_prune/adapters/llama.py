@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer
+from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
@@ -162,24 +163,10 @@ class LlamaAdapter(ModelAdapter):
             )
             covered.update({f"{self.head_name}.weight", f"{self.head_name}.bias"})
         # Anything else (Qwen3's q_norm/k_norm over head_dim, ...) is not resized by any structure.
-        for name, numel in self._plain_parameters().items():
+        for name, numel in plain_parameter_sizes(self.model).items():
             if name not in covered:
                 terms.append(CostTerm(name, Dim(numel)))
         return terms
-
-    def _plain_parameters(self) -> dict[str, int]:
-        """Parameter sizes of the model with peft wrappers seen through (base_layer) and adapters skipped."""
-        out: dict[str, int] = {}
-        seen: set[int] = set()
-        for name, p in self.model.named_parameters(remove_duplicate=False):
-            if "lora_" in name or "pruning_gates" in name or ".original_module." in name:
-                continue
-            clean = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            out[clean] = p.numel()
-        return out
 
     # -- hooks -------------------------------------------------------------------------------------
     def root_module(self) -> nn.Module:
@@ -230,44 +217,16 @@ class LlamaAdapter(ModelAdapter):
                 add(path, norm, norm.register_forward_hook(norm_post_hook))
 
         for l, layer in enumerate(self.layers):
-            attn_path = f"{p}layers.{l}.self_attn.o_proj"
-            mlp_path = f"{p}layers.{l}.mlp.down_proj"
-            o_proj, down_proj = layer.self_attn.o_proj, layer.mlp.down_proj
-
-            if "heads" in structures:
-
-                def head_pre_hook(module, args, l=l):
-                    m = source.mask("heads")
-                    if m is None:
-                        return None
-                    x = args[0]
-                    masked = source.multiply(x.view(*x.shape[:-1], nkv, width), m[l][:, None])
-                    return (masked.view_as(x),) + tuple(args[1:])
-
-                add(attn_path, o_proj, o_proj.register_forward_pre_hook(head_pre_hook))
-
-            if "ffn" in structures:
-
-                def ffn_pre_hook(module, args, l=l):
-                    m = source.mask("ffn")
-                    return None if m is None else (source.multiply(args[0], m[l]),) + tuple(args[1:])
-
-                add(mlp_path, down_proj, down_proj.register_forward_pre_hook(ffn_pre_hook))
-
-            for block, path, module in (("attn_block", attn_path, o_proj), ("mlp_block", mlp_path, down_proj)):
-                use_block = block in structures
-                if not (use_block or "hidden" in structures):
-                    continue
-
-                def write_hook(module, args, output, l=l, block=block, use_block=use_block):
-                    factor = None
-                    if use_block and (z := source.mask(block)) is not None:
-                        factor = z[0, l]
-                    if (h := source.mask("hidden")) is not None:
-                        factor = h[0] if factor is None else h[0] * factor
-                    return output if factor is None else source.multiply(output, factor)
-
-                add(path, module, module.register_forward_hook(write_hook))
+            base = f"{p}layers.{l}."
+            hooks += install_block_hooks(
+                source,
+                structures,
+                l,
+                attn_out=(f"{base}self_attn.o_proj", layer.self_attn.o_proj),
+                mlp_out=(f"{base}mlp.down_proj", layer.mlp.down_proj),
+                head_units=nkv,
+                head_width=width,
+            )
         return hooks
 
     # -- export ------------------------------------------------------------------------------------

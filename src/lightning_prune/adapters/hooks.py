@@ -1,0 +1,76 @@
+"""Mask hooks shared by the transformer adapters.
+
+Every transformer block has two output projections whose *inputs* carry the per-unit structure (the
+concatenated heads, the FFN channels) and whose *outputs* are the block's write to the residual stream
+(scaled by a whole-block gate and by the hidden-dim mask). :func:`install_block_hooks` puts the four kinds
+of masks there, for any family; adapters only say where the projections are.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_prune.adapters.base import MaskSource
+
+Hooks = list[tuple[str, nn.Module, RemovableHandle]]
+
+
+def install_block_hooks(
+    source: MaskSource,
+    structures: set[str],
+    layer: int,
+    attn_out: tuple[str, nn.Module],
+    mlp_out: tuple[str, nn.Module],
+    head_units: int,
+    head_width: int,
+) -> Hooks:
+    """Hooks of one block.
+
+    Args:
+        source: where masks come from (the pruner).
+        structures: the gated structures.
+        layer: the block's row in per-layer structures and its unit in ``*_block`` structures.
+        attn_out: ``(path, module)`` of the attention output projection (input: concatenated heads).
+        mlp_out: ``(path, module)`` of the MLP output projection (input: FFN channels).
+        head_units: units of the ``heads`` structure (heads, or KV groups for GQA).
+        head_width: input dims of ``attn_out`` per unit (``head_dim`` or ``n_rep · head_dim``).
+    """
+    hooks: Hooks = []
+    (attn_path, attn_module), (mlp_path, mlp_module) = attn_out, mlp_out
+
+    if "heads" in structures:
+
+        def head_pre_hook(module, args):
+            m = source.mask("heads")
+            if m is None:
+                return None
+            x = args[0]  # (..., head_units · head_width)
+            masked = source.multiply(x.view(*x.shape[:-1], head_units, head_width), m[layer][:, None])
+            return (masked.view_as(x),) + tuple(args[1:])
+
+        hooks.append((attn_path, attn_module, attn_module.register_forward_pre_hook(head_pre_hook)))
+
+    if "ffn" in structures:
+
+        def ffn_pre_hook(module, args):
+            m = source.mask("ffn")
+            return None if m is None else (source.multiply(args[0], m[layer]),) + tuple(args[1:])
+
+        hooks.append((mlp_path, mlp_module, mlp_module.register_forward_pre_hook(ffn_pre_hook)))
+
+    for block, path, module in (("attn_block", attn_path, attn_module), ("mlp_block", mlp_path, mlp_module)):
+        use_block = block in structures
+        if not (use_block or "hidden" in structures):
+            continue
+
+        def write_hook(module, args, output, block=block, use_block=use_block):
+            factor = None
+            if use_block and (z := source.mask(block)) is not None:
+                factor = z[0, layer]
+            if (h := source.mask("hidden")) is not None:
+                factor = h[0] if factor is None else h[0] * factor
+            return output if factor is None else source.multiply(output, factor)
+
+        hooks.append((path, module, module.register_forward_hook(write_hook)))
+    return hooks
