@@ -76,10 +76,12 @@ def _supported_families() -> str:
 
 
 from lightning_prune.adapters.bert import BertAdapter  # noqa: E402
+from lightning_prune.adapters.gpt2 import GPT2Adapter  # noqa: E402
 from lightning_prune.adapters.llama import LlamaAdapter  # noqa: E402
 
 register_adapter("llama")(LlamaAdapter)
 register_adapter("bert")(BertAdapter)
+register_adapter("gpt2")(GPT2Adapter)
 
 __all__ = [
     "ModelAdapter",
@@ -91,4 +93,5 @@ __all__ = [
     "available_adapters",
     "LlamaAdapter",
     "BertAdapter",
+    "GPT2Adapter",
 ]

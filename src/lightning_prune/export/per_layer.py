@@ -1,7 +1,8 @@
 """Per-layer (non-uniform) exports: a config subclass with ``layer_shapes`` and a small modeling file.
 
 The modeling file is rendered from a template for the model's family (``modeling_template.py.txt`` for
-the Llama family, ``modeling_bert_template.py.txt`` for BERT/RoBERTa) and written into the export
+the Llama family, ``modeling_bert_template.py.txt`` for BERT/RoBERTa, ``modeling_gpt2_template.py.txt``
+for GPT-2) and written into the export
 directory, so the export loads with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)``
 without lightning-prune installed. Inside lightning-prune the same rendered source is imported from
 memory (:func:`per_layer_module`), so :func:`~lightning_prune.load_compact` never executes code from the
@@ -27,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from lightning_prune.adapters.bert import BERT_FAMILIES
+from lightning_prune.adapters.gpt2 import GPT2_FAMILIES
 from lightning_prune.adapters.llama import LLAMA_FAMILIES
 
 MODELING_FILENAME = "modeling_lightning_prune.py"
@@ -35,6 +37,7 @@ MODEL_TYPE_PREFIX = "lightning_prune_"
 #: model kind (class-name suffix) -> the Auto class that loads it
 AUTO_CLASSES: dict[str, str] = {
     "ForCausalLM": "AutoModelForCausalLM",
+    "LMHeadModel": "AutoModelForCausalLM",  # GPT2LMHeadModel
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "Model": "AutoModel",
 }
@@ -113,6 +116,17 @@ def _bert_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) ->
     return cfg
 
 
+def _gpt2_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    cfg = _without_export_keys(config)
+    # GPT2Attention rejects n_embd % n_head != 0: one nominal head always divides. The template sets each
+    # layer's heads, head_dim and split_size (config.attention_head_size) from layer_shapes.
+    if "attention_head_size" not in cfg:
+        raise ValueError("A per-layer GPT-2 config needs `attention_head_size`; the adapter must pass it.")
+    cfg["n_head"] = 1
+    cfg["n_inner"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
 for _model_type, _prefix in LLAMA_FAMILIES.items():
     register_per_layer_family(
         _model_type,
@@ -124,6 +138,16 @@ for _model_type, _prefix in BERT_FAMILIES.items():
     register_per_layer_family(
         _model_type,
         PerLayerFamily(_prefix, "modeling_bert_template.py.txt", ("ForSequenceClassification", "Model"), _bert_nominal),
+    )
+for _model_type, _prefix in GPT2_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(
+            _prefix,
+            "modeling_gpt2_template.py.txt",
+            ("LMHeadModel", "ForSequenceClassification", "Model"),
+            _gpt2_nominal,
+        ),
     )
 
 

@@ -41,10 +41,10 @@ from lightning_prune.adapters import resolve_adapter
 from lightning_prune.errors import PruningConfigError, UnsupportedModelError
 from lightning_prune.export.merge import unwrap_model
 from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
-PHASE_INDEX = {"dense": 0, "prune": 1, "frozen": 2}
 _CALLBACK_NAME = "PruningCallback"
 
 
@@ -93,19 +93,13 @@ def find_model(pl_module: nn.Module, model_attribute: str | None = None) -> tupl
     )
 
 
-def sampling_seed(seed: int, global_step: int, micro_batch: int) -> int:
-    """A well-mixed 63-bit seed for the gate samples of one (micro-)batch, a pure function of its arguments."""
-    digest = hashlib.blake2b(f"{seed}:{global_step}:{micro_batch}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def config_fingerprint(config: PruningConfig, gate_shapes: Mapping[str, list[int]]) -> str:
     """A short hash of the pruning config and the gate shapes; a resumed checkpoint must have the same one."""
     payload = json.dumps({"config": config.to_dict(), "gates": dict(gate_shapes)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class PruningCallback(Callback):
+class PruningCallback(Callback, PhaseSchedule):
     """Learn a structured pruning mask while a Lightning ``Trainer`` fits, then export the compact model.
 
     Add it to the trainer; nothing in the ``LightningModule`` changes (its ``training_step`` may return a
@@ -183,14 +177,7 @@ class PruningCallback(Callback):
             raise PruningConfigError(
                 f"`model_attribute` must be a non-empty attribute name or None, got {model_attribute!r}."
             )
-        if not _is_int(dense_steps) or dense_steps < 0:
-            raise PruningConfigError(f"`dense_steps` must be an int >= 0, got {dense_steps!r}.")
-        if freeze_after_steps is not None and (not _is_int(freeze_after_steps) or freeze_after_steps <= dense_steps):
-            raise PruningConfigError(
-                f"`freeze_after_steps` must be None or an int > `dense_steps`={dense_steps}, "
-                f"got {freeze_after_steps!r}. "
-                "HINT: it is a global step (counted from the start of training), not a number of pruning steps."
-            )
+        self._init_schedule(dense_steps, freeze_after_steps, seed)
         for name, value in (("overwrite_export", overwrite_export), ("plot", plot), ("log_stats", log_stats)):
             if not isinstance(value, bool):
                 raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
@@ -198,17 +185,12 @@ class PruningCallback(Callback):
             raise PruningConfigError(f"`prog_bar` must be True or False, got {prog_bar!r}.")
         if adapter is not None and not isinstance(adapter, str):
             raise PruningConfigError(f"`adapter` must be a registered adapter name or None, got {adapter!r}.")
-        if seed is not None and not _is_int(seed):
-            raise PruningConfigError(f"`seed` must be an int or None, got {seed!r}.")
         self.config = config
         self.export_dir = Path(export_dir) if export_dir is not None else None
         self.model_attribute = model_attribute
-        self.dense_steps = dense_steps
-        self.freeze_after_steps = freeze_after_steps
         self.overwrite_export = overwrite_export
         self.plot = plot
         self.adapter = adapter
-        self.seed = seed
         self.log_stats = log_stats
         self.prog_bar = prog_bar
         self._pruner: Pruner | None = None
@@ -230,19 +212,6 @@ class PruningCallback(Callback):
     def phase(self) -> str:
         """The current phase: ``"dense"``, ``"prune"`` or ``"frozen"``."""
         return self._phase
-
-    def phase_at(self, global_step: int) -> str:
-        """The phase of the optimizer step ``global_step`` (0-based)."""
-        if global_step < self.dense_steps:
-            return "dense"
-        if self.freeze_after_steps is not None and global_step >= self.freeze_after_steps:
-            return "frozen"
-        return "prune"
-
-    def pruning_step_at(self, global_step: int) -> int:
-        """Pruning steps taken before ``global_step``: it drives the target warm-up and stops when frozen."""
-        end = global_step if self.freeze_after_steps is None else min(global_step, self.freeze_after_steps)
-        return max(0, end - self.dense_steps)
 
     # -- setup / teardown ------------------------------------------------------------------------------
     @override
@@ -619,7 +588,3 @@ def export_dir_problem(path: Path, overwrite: bool) -> str | None:
     except OSError as err:
         return f"`export_dir` {str(path)!r} is not writable ({err}); choose a writable directory."
     return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

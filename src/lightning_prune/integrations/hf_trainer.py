@@ -1,0 +1,343 @@
+"""Hugging Face ``transformers.Trainer`` integration: the same pruning configs without Lightning.
+
+Two pieces work together:
+
+- :class:`PruningTrainerCallback` holds the pruning settings (config, phases, export) and the
+  :class:`~lightning_prune.Pruner`; as a ``TrainerCallback`` it sets the phase at the start of training and
+  exports the compact model, its report and the kept-units heatmap when training ends (main process only).
+- :class:`PruningTrainer` (a ``transformers.Trainer``) attaches the gates in ``__init__`` (before the
+  optimizer exists), adds ``pruner.penalty()`` to the training loss in ``compute_loss``, puts gates and
+  Lagrange multipliers into their own optimizer groups in ``create_optimizer`` and adds the pruning
+  statistics to the Trainer's training logs under ``pruning/``.
+
+Phases follow ``state.global_step`` exactly as with :class:`~lightning_prune.PruningCallback`: ``dense`` for
+the first ``dense_steps`` optimizer steps, ``prune`` until ``freeze_after_steps``, then ``frozen``;
+``pruner.pruning_step`` is ``global_step - dense_steps`` (capped at the freeze), so a run resumed from a
+Trainer checkpoint (which carries the gates in the model's state dict) continues on the same schedule.
+
+Learning-rate schedule: the Trainer's scheduler is built over every group, ours included, but the gate and
+multiplier groups are set back to ``config.gate_lr`` / ``config.lagrangian_lr`` (0 outside the ``prune``
+phase) right before every optimizer step, so warm-up and decay apply to the model's groups only. The
+``learning_rate`` the Trainer logs is the first (model) group's.
+
+Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from lightning_prune.errors import PruningConfigError
+from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
+from lightning_prune.methods.base import PruningConfig
+from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
+
+log = logging.getLogger("lightning_prune")
+
+
+class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
+    """Pruning settings, phases and export for a :class:`PruningTrainer`.
+
+    Pass it in ``callbacks=[...]`` of a :class:`PruningTrainer` (a plain ``transformers.Trainer`` cannot add the
+    penalty or the optimizer groups; training with one raises at ``on_train_begin``). Training goes through up
+    to three phases, counted in optimizer steps (``state.global_step``):
+
+    1. ``dense``: the first ``dense_steps`` steps run without masks (gates and multipliers have lr 0);
+    2. ``prune``: masks are sampled and the penalty drives the expected sparsity to the target
+       (``config.warmup_steps`` ramps the target from 0, counted from the end of the dense phase);
+    3. ``frozen`` (from step ``freeze_after_steps`` on, if given): deterministic masks, gates and multipliers
+       no longer move, so the model fine-tunes with its final architecture.
+
+    Args:
+        config: the method config, e.g. ``lightning_prune.L0Config(target_sparsity=0.5)``.
+        export_dir: where the main process writes the compact model, ``lightning_prune_report.json`` and
+            ``kept_units.png`` when training ends; ``None`` exports nothing. Checked when the trainer is built:
+            it must be writable and empty (or absent) unless ``overwrite_export=True``.
+        dense_steps: optimizer steps trained without masks before pruning starts.
+        freeze_after_steps: global step from which the masks are frozen (must be > ``dense_steps``); ``None``
+            prunes until the end.
+        overwrite_export: replace a non-empty ``export_dir``.
+        plot: write the kept-units heatmap next to the export.
+        adapter: force a registered model adapter by name (see ``lightning_prune.available_adapters()``).
+        seed: base seed of the gate samples (each micro-batch draws from a seed derived from this, the global step
+            and the micro-batch index). ``None`` uses ``TrainingArguments.seed``.
+        log_stats: add the pruning statistics (target, expected and exact sparsity, λ, kept units) to the
+            Trainer's training logs under ``pruning/``.
+
+    Raises:
+        PruningConfigError: an argument is invalid.
+
+    Example::
+
+        import lightning_prune as lp
+        from lightning_prune.integrations.hf_trainer import PruningTrainer, PruningTrainerCallback
+
+        callback = PruningTrainerCallback(
+            lp.L0Config(target_sparsity=0.4, structures=("heads", "ffn"), warmup_steps=200),
+            export_dir="compact/", dense_steps=50, freeze_after_steps=800,
+        )
+        trainer = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+        trainer.train()
+        compact = lp.load_compact("compact/")
+    """
+
+    def __init__(
+        self,
+        config: PruningConfig,
+        export_dir: str | Path | None = None,
+        dense_steps: int = 0,
+        freeze_after_steps: int | None = None,
+        overwrite_export: bool = False,
+        plot: bool = True,
+        adapter: str | None = None,
+        seed: int | None = None,
+        log_stats: bool = True,
+    ) -> None:
+        if not isinstance(config, PruningConfig):
+            raise PruningConfigError(
+                f"`config` must be a PruningConfig such as lightning_prune.L0Config(target_sparsity=0.5), got "
+                f"{type(config).__name__}."
+            )
+        if export_dir is not None and not isinstance(export_dir, (str, os.PathLike)):
+            raise PruningConfigError(f"`export_dir` must be a path or None, got {type(export_dir).__name__}.")
+        self._init_schedule(dense_steps, freeze_after_steps, seed)
+        for name, value in (("overwrite_export", overwrite_export), ("plot", plot), ("log_stats", log_stats)):
+            if not isinstance(value, bool):
+                raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
+        if adapter is not None and not isinstance(adapter, str):
+            raise PruningConfigError(f"`adapter` must be a registered adapter name or None, got {adapter!r}.")
+        self.config = config
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self.overwrite_export = overwrite_export
+        self.plot = plot
+        self.adapter = adapter
+        self.log_stats = log_stats
+        self._pruner: Pruner | None = None
+        self._phase = "dense" if dense_steps > 0 else "prune"
+        self._base_seed = 0
+        self._micro = (-1, 0)  # (global step, micro-batches seen at that step)
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._hooks: list[Any] = []
+
+    # -- public state ----------------------------------------------------------------------------------
+    @property
+    def pruner(self) -> Pruner | None:
+        """The :class:`~lightning_prune.Pruner` attached by :class:`PruningTrainer` (``None`` before)."""
+        return self._pruner
+
+    @property
+    def phase(self) -> str:
+        """The current phase: ``"dense"``, ``"prune"`` or ``"frozen"``."""
+        return self._phase
+
+    # -- wiring (called by PruningTrainer) -------------------------------------------------------------
+    def attach(self, model: nn.Module, base_seed: int = 0) -> Pruner:
+        """Attach the gates to ``model`` (once; later calls with the same model return the same pruner)."""
+        if self._pruner is not None and getattr(model, STATE_ATTRIBUTE, None) is self._pruner.state:
+            return self._pruner
+        self._pruner = Pruner(model, self.config, adapter=self.adapter)
+        self._base_seed = self.seed if self.seed is not None else base_seed
+        self.set_step(0)
+        return self._pruner
+
+    def check_export_dir(self) -> None:
+        """Raise :class:`PruningConfigError` if ``export_dir`` cannot receive the export."""
+        if self.export_dir is None:
+            return
+        from lightning_prune.export.io import check_export_dir
+
+        try:
+            check_export_dir(self.export_dir, self.overwrite_export)
+        except (FileExistsError, PermissionError) as err:
+            raise PruningConfigError(
+                f"`export_dir`: {err} HINT: PruningTrainerCallback(..., overwrite_export=True) replaces a non-empty "
+                "directory."
+            ) from err
+
+    def hook_optimizer(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None) -> None:
+        """Move gates and multipliers into their own groups and keep their lr and clamping right at every step.
+
+        ``lr_scheduler`` is a scheduler that already exists (one the user passed to the Trainer); it gets
+        entries for the new groups.
+        """
+        if optimizer is self._optimizer:
+            return
+        groups_before, source = regroup_optimizer_(optimizer, self._pruner)
+        added = len(optimizer.param_groups) - groups_before
+        if lr_scheduler is not None:
+            extend_schedulers_([lr_scheduler], groups_before, source, added)
+        for handle in self._hooks:
+            handle.remove()
+        # the pre-hook undoes what the Trainer's scheduler wrote into our groups after the previous step
+        self._hooks = [
+            optimizer.register_step_pre_hook(lambda *_: self._set_learning_rates()),
+            optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()),
+        ]
+        self._optimizer = optimizer
+        self._set_learning_rates()
+
+    def set_step(self, global_step: int) -> None:
+        """Set the phase and ``pruner.pruning_step`` for the optimizer step ``global_step``."""
+        phase = self.phase_at(global_step)
+        if phase != self._phase:
+            log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
+        self._phase = phase
+        # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps seeing
+        # them used (the penalty is 0·Σ gates outside the prune phase).
+        self._pruner.phase = phase
+        self._pruner.pruning_step = self.pruning_step_at(global_step)
+        self._set_learning_rates()
+
+    def before_training_forward(self, global_step: int) -> None:
+        """Phase and a per-micro-batch sampling seed before a training forward pass."""
+        step, seen = self._micro
+        micro = seen if step == global_step else 0
+        self._micro = (global_step, micro + 1)
+        self.set_step(global_step)
+        self._pruner.sample_seed = sampling_seed(self._base_seed, global_step, micro)
+
+    def _set_learning_rates(self) -> None:
+        if self._optimizer is not None:
+            set_group_learning_rates_(self._optimizer, self._pruner, self._phase == "prune")
+
+    def _after_optimizer_step(self) -> None:
+        with torch.no_grad():
+            for gate in self._pruner.gates.values():
+                gate.post_step_()
+
+    def log_stats_dict(self) -> dict[str, float]:
+        """The pruning statistics under ``pruning/`` (what :class:`PruningTrainer` adds to its logs)."""
+        stats = self._pruner.stats()
+        stats["phase"] = PHASE_INDEX[self._phase]
+        return {f"pruning/{k}": float(v) for k, v in stats.items()}
+
+    # -- TrainerCallback hooks -------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self._pruner is None or self._optimizer is None:
+            raise PruningConfigError(
+                "PruningTrainerCallback needs a lightning_prune.integrations.hf_trainer.PruningTrainer (it adds the "
+                "penalty to the loss and the gate groups to the optimizer); a plain transformers.Trainer cannot. "
+                "Replace `Trainer(...)` by `PruningTrainer(...)` with the same arguments."
+            )
+        self.set_step(state.global_step)  # after a resume the global step is known only now
+        return control
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.set_step(state.global_step)  # before other callbacks' `on_step_begin` see the state
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._pruner.sample_seed = None
+        self.set_step(state.global_step)
+        if self._phase == "dense":
+            log.warning(
+                "lightning-prune: training ended in the dense phase (global step %d <= dense_steps=%d); the gates "
+                "never trained, so the masks prune only by the target.",
+                state.global_step,
+                self.dense_steps,
+            )
+        if state.is_world_process_zero and self.export_dir is not None:
+            self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
+            log.info("lightning-prune: exported to %s: %s", self.export_dir, self._pruner.last_report.summary())
+            if self.plot:
+                self._write_plot(self.export_dir)
+        return control
+
+    def _write_plot(self, directory: Path) -> Path:
+        from lightning_prune.integrations.plots import PLOT_FILENAME, save_kept_units_plot
+
+        kept = {name: m.sum(-1).long().tolist() for name, m in self._pruner.deterministic_masks().items()}
+        units = {name: spec.units for name, spec in self._pruner.specs.items()}
+        title = f"Kept units per layer\n(target sparsity {self.config.target_sparsity} of {self.config.target})"
+        return save_kept_units_plot(kept, units, Path(directory) / PLOT_FILENAME, title=title)
+
+
+class PruningTrainer(transformers.Trainer):
+    """A ``transformers.Trainer`` that prunes with the :class:`PruningTrainerCallback` in its ``callbacks``.
+
+    Takes the Trainer's arguments unchanged. In ``__init__`` it attaches the gates to ``model`` (apply peft's
+    ``get_peft_model`` before building the trainer) and checks the export directory. During training it adds the
+    pruning penalty to the loss (scaled for gradient accumulation like the loss), gives gates and multipliers
+    their own optimizer groups (``config.gate_lr`` / ``config.lagrangian_lr``, weight decay 0, pinned against
+    the lr scheduler), clamps the gates after every optimizer step, and adds ``pruning/*`` statistics to the
+    training logs. Evaluation losses carry no penalty. The callback exports at the end of ``train()``; all
+    processes wait for it.
+
+    Raises:
+        PruningConfigError: no (or more than one) :class:`PruningTrainerCallback`, ``model_init`` is used, or
+            ``export_dir`` is not usable.
+
+    Example::
+
+        trainer = PruningTrainer(model=model, args=args, train_dataset=data,
+                                 callbacks=[PruningTrainerCallback(lp.L0Config(target_sparsity=0.4))])
+        trainer.train()
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        found = [c for c in self.callback_handler.callbacks if isinstance(c, PruningTrainerCallback)]
+        if len(found) != 1:
+            raise PruningConfigError(
+                f"PruningTrainer needs exactly one PruningTrainerCallback in `callbacks`, got {len(found)}. "
+                "Pass `callbacks=[PruningTrainerCallback(config, export_dir=...)]`."
+            )
+        if self.model_init is not None:
+            raise PruningConfigError(
+                "PruningTrainer does not support `model_init` (the gates are attached to the model given in `model=`, "
+                "and `model_init` would replace it). Pass `model=` instead."
+            )
+        self.pruning_callback: PruningTrainerCallback = found[0]
+        if self.args.process_index == 0:
+            self.pruning_callback.check_export_dir()
+        self.pruning_callback.attach(self.model, base_seed=self.args.seed)
+
+    @property
+    def pruner(self) -> Pruner:
+        """The attached :class:`~lightning_prune.Pruner`."""
+        return self.pruning_callback.pruner
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        # a user's (optimizer, scheduler) pair was built before our groups exist: give its scheduler entries
+        self.pruning_callback.hook_optimizer(optimizer, self.lr_scheduler)
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = model.training
+        if training:
+            self.pruning_callback.before_training_forward(self.state.global_step)
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not training:
+            return out
+        loss, outputs = out if return_outputs else (out, None)
+        penalty = self.pruner.penalty().to(loss.dtype)
+        # `training_step` divides the loss by the accumulation steps unless it is already normalised over the whole
+        # accumulated batch; the penalty must count once per optimizer step either way
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+        if scaled:
+            penalty = penalty / self.current_gradient_accumulation_steps
+        loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.pruning_callback.log_stats and self.pruner is not None:  # a training log
+            logs = {**logs, **self.pruning_callback.log_stats_dict()}
+        super().log(logs, start_time)
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        self.accelerator.wait_for_everyone()  # no process returns before the main one has exported
+        return output

@@ -1,0 +1,71 @@
+"""The phase schedule and per-batch sampling seeds shared by every training-loop integration.
+
+Kept free of Lightning and of ``transformers`` so that :class:`~lightning_prune.PruningCallback` (Lightning)
+and :class:`~lightning_prune.integrations.hf_trainer.PruningTrainerCallback` (HF Trainer) follow exactly the
+same schedule: ``dense`` for the first ``dense_steps`` optimizer steps, ``prune`` until ``freeze_after_steps``,
+then ``frozen``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from lightning_prune.errors import PruningConfigError
+
+PHASE_INDEX = {"dense": 0, "prune": 1, "frozen": 2}
+
+
+def is_int(value: Any) -> bool:
+    """``True`` for an ``int`` that is not a ``bool``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def sampling_seed(seed: int, global_step: int, micro_batch: int) -> int:
+    """A well-mixed 63-bit seed for the gate samples of one (micro-)batch, a pure function of its arguments.
+
+    Exact resume and identical DDP ranks rely on it: the sample of a batch depends on nothing but the run's
+    seed and the batch's position.
+    """
+    digest = hashlib.blake2b(f"{seed}:{global_step}:{micro_batch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class PhaseSchedule:
+    """``dense`` → ``prune`` → ``frozen`` by optimizer step; a mixin for the integration callbacks.
+
+    Subclasses call :meth:`_init_schedule` in ``__init__``; it validates and stores ``dense_steps``,
+    ``freeze_after_steps`` and ``seed``.
+    """
+
+    dense_steps: int
+    freeze_after_steps: int | None
+    seed: int | None
+
+    def _init_schedule(self, dense_steps: int, freeze_after_steps: int | None, seed: int | None) -> None:
+        if not is_int(dense_steps) or dense_steps < 0:
+            raise PruningConfigError(f"`dense_steps` must be an int >= 0, got {dense_steps!r}.")
+        if freeze_after_steps is not None and (not is_int(freeze_after_steps) or freeze_after_steps <= dense_steps):
+            raise PruningConfigError(
+                f"`freeze_after_steps` must be None or an int > `dense_steps`={dense_steps}, "
+                f"got {freeze_after_steps!r}. "
+                "HINT: it is a global step (counted from the start of training), not a number of pruning steps."
+            )
+        if seed is not None and not is_int(seed):
+            raise PruningConfigError(f"`seed` must be an int or None, got {seed!r}.")
+        self.dense_steps = dense_steps
+        self.freeze_after_steps = freeze_after_steps
+        self.seed = seed
+
+    def phase_at(self, global_step: int) -> str:
+        """The phase of the optimizer step ``global_step`` (0-based)."""
+        if global_step < self.dense_steps:
+            return "dense"
+        if self.freeze_after_steps is not None and global_step >= self.freeze_after_steps:
+            return "frozen"
+        return "prune"
+
+    def pruning_step_at(self, global_step: int) -> int:
+        """Pruning steps taken before ``global_step``: it drives the target warm-up and stops when frozen."""
+        end = global_step if self.freeze_after_steps is None else min(global_step, self.freeze_after_steps)
+        return max(0, end - self.dense_steps)
