@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lightning_prune.adapters import ModelAdapter, resolve_adapter
+from lightning_prune.adapters.base import check_prunable_weights
 from lightning_prune.cost import CostModel
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError
 from lightning_prune.export.merge import merged_state_dict, unwrap_model
@@ -93,6 +94,7 @@ class Pruner:
         self.model = model
         self.config = config
         self.hf_model = unwrap_model(model)
+        check_prunable_weights(model)
         self.adapter: ModelAdapter = resolve_adapter(self.hf_model, adapter)(self.hf_model)
         available = self.adapter.structures()
         unknown = [s for s in config.structures if s not in available]
@@ -308,6 +310,22 @@ class Pruner:
             )
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return total
+
+    def check_loss(self, loss: torch.Tensor, what: str = "task loss", step: int | None = None) -> None:
+        """Raise :class:`NonFiniteError` if ``loss`` is NaN/inf, naming the step, before it reaches the gates.
+
+        The training integrations call it on the user's loss every step, so a diverging run stops with the
+        last checkpoint intact instead of training (and later exporting) NaN gates.
+        """
+        if torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all()):
+            where = f"global step {step} (pruning step {self.pruning_step})" if step is not None else (
+                f"pruning step {self.pruning_step}"
+            )
+            raise NonFiniteError(
+                f"The {what} is {loss.detach().float().flatten()[0].item()} at {where}; training stopped before it "
+                "updated the gates. Lower the learning rate, check the batch for bad values, or enable gradient "
+                "clipping, then resume from the last checkpoint."
+            )
 
     def _check_finite_parameters(self) -> None:
         for name, p in self.state.named_parameters():

@@ -52,6 +52,34 @@ def plain_parameter_sizes(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def check_prunable_weights(model: nn.Module) -> None:
+    """Refuse models whose weights the export cannot slice and merge exactly, before any gate is attached.
+
+    Raises:
+        UnsupportedModelError: a quantized base (transformers ``quantization_config``/``is_quantized``, or
+            integer weights such as bitsandbytes 8-bit or GPTQ packs) or DoRA adapters (``use_dora=True``).
+    """
+    from lightning_prune.errors import UnsupportedModelError
+
+    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = getattr(hf, "config", None)
+    quantization = getattr(config, "quantization_config", None) if config is not None else None
+    integer = [n for n, p in model.named_parameters() if not p.is_floating_point() and "lora_" not in n]
+    if getattr(hf, "is_quantized", False) or quantization is not None or integer:
+        found = f" (e.g. integer weight `{integer[0]}`)" if integer else ""
+        raise UnsupportedModelError(
+            f"The model is quantized{found}: its weights cannot be sliced and merged exactly. Load the base in "
+            "bf16/fp32 to prune it (LoRA on top as usual), then quantize the compact export; QLoRA-style pruning "
+            "of a 4/8-bit base is not supported."
+        )
+    dora = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
+    if dora:
+        raise UnsupportedModelError(
+            f"DoRA adapters (use_dora=True, e.g. `{dora[0]}`) cannot be merged exactly by the export yet. Use plain "
+            "LoRA (use_dora=False), or merge_and_unload() the DoRA model and attach the gates to the merged model."
+        )
+
+
 class ModelAdapter(abc.ABC):
     """Base class of model adapters. A new family is one subclass plus one ``register_adapter`` call.
 

@@ -35,6 +35,14 @@ LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 
 
+_PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def _is_projection(key: str, block: str) -> bool:
+    """Whether ``key`` (relative to a block) belongs to one of the block's projections."""
+    return key.split(".")[0] in _PROJECTIONS[block]
+
+
 class LlamaAdapter(ModelAdapter):
     """Adapter for ``*ForCausalLM`` / ``*ForSequenceClassification`` / ``*Model`` of the Llama family."""
 
@@ -317,9 +325,11 @@ class LlamaAdapter(ModelAdapter):
             for block, empty in (("self_attn", n_groups == 0), ("mlp", channels.numel() == 0)):
                 if empty:
                     prefix = f"{base}{block}."
-                    take.update(k for k in state if k.startswith(prefix))
+                    # only the projections go; other parameters (Qwen3's q_norm/k_norm) stay, as the cost model counts
+                    gone = [k for k in state if k.startswith(prefix) and _is_projection(k[len(prefix) :], block)]
+                    take.update(gone)
                     out_bias = new.get(f"{prefix}{'o_proj' if block == 'self_attn' else 'down_proj'}.bias")
-                    for k in [k for k in new if k.startswith(prefix)]:
+                    for k in [k for k in gone if k in new]:
                         del new[k]
                     put(f"{prefix}bias", out_bias)
         put(f"{p}norm.weight", get(f"{p}norm.weight")[h_keep])

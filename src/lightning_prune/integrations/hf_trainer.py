@@ -319,6 +319,7 @@ class PruningTrainer(transformers.Trainer):
         if not training:
             return out
         loss, outputs = out if return_outputs else (out, None)
+        self.pruner.check_loss(loss, "training loss", self.state.global_step)
         penalty = self.pruner.penalty().to(loss.dtype)
         # `training_step` divides the loss by the accumulation steps unless it is already normalised over the whole
         # accumulated batch; the penalty must count once per optimizer step either way

@@ -294,6 +294,8 @@ class PruningCallback(Callback, PhaseSchedule):
     def _add_penalty(self, output: Any) -> Any:
         if output is None:  # the user skips this batch
             return None
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        self._pruner.check_loss(loss, "loss returned by `training_step`", self._global_step)
         penalty = self._pruner.penalty()
         if isinstance(output, torch.Tensor):
             return output + penalty.to(output.dtype)
@@ -352,6 +354,7 @@ class PruningCallback(Callback, PhaseSchedule):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        self._global_step = step
         self._set_phase(self.phase_at(step), step)
         micro = batch_idx % max(1, trainer.accumulate_grad_batches)
         self._pruner.sample_seed = sampling_seed(self._base_seed, step, micro)
