@@ -98,6 +98,7 @@ class CostModel:
         if not terms:
             raise ValueError("A cost model needs at least one term.")
         self.terms = terms
+        self._layouts: dict[tuple, dict[str, torch.Tensor]] = {}
         dense_p, dense_f = self._sum({}, prunable_only=True)
         self.dense_prunable_params = float(dense_p)
         self.dense_prunable_flops = float(dense_f)
@@ -105,18 +106,79 @@ class CostModel:
         self.dense_params = float(total_p)
         self.dense_flops = float(total_f)
 
-    def _sum(self, values: Mapping[str, torch.Tensor], prunable_only: bool):
-        # float64: counts of billions of parameters must be exact (float32 is exact only up to 2**24)
-        values = {k: v.double() for k, v in values.items()}
-        params: torch.Tensor | float = 0.0
-        flops: torch.Tensor | float = 0.0
+    def _layout(self, shapes: tuple[tuple[str, tuple[int, ...]], ...], device: torch.device) -> dict[str, torch.Tensor]:
+        """Index tensors that evaluate every term at once for values of the given structures and shapes.
+
+        Per-row sums of all structures are concatenated into one vector ``S`` (``S[0] = 1``) and all values
+        into ``V`` (``V[0] = 1``); a term's kept output dims are ``S[out_index] · out_scale`` (a fixed dim points
+        at ``S[0]`` with its size as the scale), its block-gate factor ``Π V[scalar_index]``.
+        """
+        key = (shapes, str(device))
+        if key in self._layouts:
+            return self._layouts[key]
+        row_offset, flat_offset, units = {}, {}, {}
+        rows_seen, flat_seen = 1, 1
+        for name, shape in shapes:
+            rows = shape[0] if len(shape) > 1 else 1
+            row_offset[name], flat_offset[name], units[name] = rows_seen, flat_seen, shape[-1]
+            rows_seen += rows
+            flat_seen += int(torch.Size(shape).numel())
+
+        def dim_index(dim: Dim) -> tuple[int, float]:
+            if dim.structure is None or dim.structure not in row_offset:
+                return 0, float(dim.size)
+            return row_offset[dim.structure] + dim.row, float(dim.unit_size)
+
+        width = max(1, max(len(t.scalars) for t in self.terms))
+        out_i, out_s, in_i, in_s, scal = [], [], [], [], []
         for term in self.terms:
-            if prunable_only and not term.prunable:
-                continue
-            p, f = term.count(values)
-            params = params + p
-            flops = flops + f
-        return params, flops
+            i, scale = dim_index(term.out)
+            out_i.append(i)
+            out_s.append(scale)
+            i, scale = dim_index(term.inp)
+            in_i.append(i)
+            in_s.append(scale)
+            idx = [flat_offset[st] + row * units[st] + unit for st, row, unit in term.scalars if st in flat_offset]
+            scal.append(idx + [0] * (width - len(idx)))
+
+        def tensor(values, dtype=torch.float64):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        layout = {
+            "out_index": tensor(out_i, torch.long),
+            "out_scale": tensor(out_s),
+            "in_index": tensor(in_i, torch.long),
+            "in_scale": tensor(in_s),
+            "scalar_index": tensor(scal, torch.long),
+            "bias": tensor([float(t.bias) for t in self.terms]),
+            "params": tensor([float(t.params) for t in self.terms]),
+            "flops": tensor([t.flops_per_param for t in self.terms]),
+            "prunable": tensor([t.prunable for t in self.terms], torch.bool),
+        }
+        self._layouts[key] = layout
+        return layout
+
+    def _sum(self, values: Mapping[str, torch.Tensor], prunable_only: bool):
+        """``(params, flops)`` summed over the terms, vectorised: a handful of tensor ops whatever the model
+        size (the penalty runs every training step)."""
+        # float64: counts of billions of parameters must be exact (float32 is exact only up to 2**24)
+        names = sorted(values)
+        device = values[names[0]].device if names else torch.device("cpu")
+        layout = self._layout(tuple((n, tuple(values[n].shape)) for n in names), device)
+        one = torch.ones(1, dtype=torch.float64, device=device)
+        flat = [values[n].double() for n in names]
+        row_sums = torch.cat([one] + [v.sum(-1).reshape(-1) for v in flat])
+        all_values = torch.cat([one] + [v.reshape(-1) for v in flat])
+        out = row_sums[layout["out_index"]] * layout["out_scale"]
+        inp = row_sums[layout["in_index"]] * layout["in_scale"]
+        factor = all_values[layout["scalar_index"]].prod(-1)
+        n = out * inp * factor
+        params = (n + layout["bias"] * out * factor) * layout["params"]
+        flops = n * layout["flops"]
+        if prunable_only:
+            keep = layout["prunable"]
+            params, flops = params[keep], flops[keep]
+        return params.sum(), flops.sum()
 
     def prunable(self, values: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """Kept prunable ``(params, flops)`` under masks or keep probabilities."""

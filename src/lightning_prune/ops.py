@@ -2,7 +2,8 @@
 
 ``x * m`` through autograd saves both ``x`` (for the gradient of ``m``) and ``m``: one extra copy of
 every masked activation, because the next layer saves ``y = x * m`` as well. :func:`mask_mul` saves only
-``y`` (which shares storage with what the next layer saves) and recovers ``x = y / m`` where ``m ≠ 0``.
+``y`` (which shares storage with what the next layer saves); the mask gradient ``Σ grad·x`` is recovered as
+``(Σ grad·y) / m`` where ``m ≠ 0``.
 Where ``m = 0`` the gradient w.r.t. ``m`` is taken as 0. That is exact for hard-concrete gates (a sample
 clamped at 0 has zero gradient w.r.t. ``log α`` anyway) and for straight-through/frozen masks (no gradient
 flows to a 0/1 mask value through the clamp); gates for which it is not exact opt out by leaving
@@ -30,9 +31,14 @@ class _MaskMul(torch.autograd.Function):
         grad_x = grad * m if ctx.needs_input_grad[0] else None
         grad_m = None
         if ctx.needs_input_grad[1]:
-            safe = torch.where(m != 0, m, torch.ones_like(m))
-            x = torch.where(m != 0, y / safe, torch.zeros_like(y))
-            grad_m = (grad * x).float().sum_to_size(ctx.mask_shape).to(ctx.mask_dtype)
+            # Σ grad·x = (Σ grad·y) / m for every unit with m ≠ 0 (x = y / m there): one pass over the
+            # activation, the division on the small reduced tensor; units with m = 0 get 0.
+            acc = torch.promote_types(grad.dtype, torch.float32)  # reduce half precision in fp32
+            reduced = (grad * y).to(acc).sum_to_size(ctx.mask_shape)
+            m32 = mask.to(acc)
+            nonzero = m32 != 0
+            grad_m = torch.where(nonzero, reduced / torch.where(nonzero, m32, torch.ones_like(m32)), 0.0)
+            grad_m = grad_m.to(ctx.mask_dtype)
         return grad_x, grad_m
 
 

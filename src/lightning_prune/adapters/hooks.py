@@ -24,6 +24,7 @@ def install_block_hooks(
     mlp_out: tuple[str, nn.Module],
     head_units: int,
     head_width: int,
+    hidden_on_writes: bool = True,
 ) -> Hooks:
     """Hooks of one block.
 
@@ -35,6 +36,9 @@ def install_block_hooks(
         mlp_out: ``(path, module)`` of the MLP output projection (input: FFN channels).
         head_units: units of the ``heads`` structure (heads, or KV groups for GQA).
         head_width: input dims of ``attn_out`` per unit (``head_dim`` or ``n_rep · head_dim``).
+        hidden_on_writes: apply the ``hidden`` mask to the block's writes. Pre-norm models may instead mask
+            the residual stream where it is read (every norm's input): the same function, with no activation
+            saved for the mask's gradient (the norm saves its input anyway).
     """
     hooks: Hooks = []
     (attn_path, attn_module), (mlp_path, mlp_module) = attn_out, mlp_out
@@ -43,7 +47,7 @@ def install_block_hooks(
 
         def head_pre_hook(module, args):
             m = source.mask("heads")
-            if m is None:
+            if m is None or getattr(source, "mask_path", "merged") != "merged":  # "frozen": a method masks W x
                 return None
             x = args[0]  # (..., head_units · head_width)
             masked = source.multiply(x.view(*x.shape[:-1], head_units, head_width), m[layer][:, None])
@@ -55,20 +59,23 @@ def install_block_hooks(
 
         def ffn_pre_hook(module, args):
             m = source.mask("ffn")
-            return None if m is None else (source.multiply(args[0], m[layer]),) + tuple(args[1:])
+            if m is None or getattr(source, "mask_path", "merged") != "merged":  # "frozen": a method masks W x
+                return None
+            return (source.multiply(args[0], m[layer]),) + tuple(args[1:])
 
         hooks.append((mlp_path, mlp_module, mlp_module.register_forward_pre_hook(ffn_pre_hook)))
 
     for block, path, module in (("attn_block", attn_path, attn_module), ("mlp_block", mlp_path, mlp_module)):
         use_block = block in structures
-        if not (use_block or "hidden" in structures):
+        use_hidden = hidden_on_writes and "hidden" in structures
+        if not (use_block or use_hidden):
             continue
 
-        def write_hook(module, args, output, block=block, use_block=use_block):
+        def write_hook(module, args, output, block=block, use_block=use_block, use_hidden=use_hidden):
             factor = None
             if use_block and (z := source.mask(block)) is not None:
                 factor = z[0, layer]
-            if (h := source.mask("hidden")) is not None:
+            if use_hidden and (h := source.mask("hidden")) is not None:
                 factor = h[0] if factor is None else h[0] * factor
             return output if factor is None else source.multiply(output, factor)
 

@@ -190,25 +190,25 @@ class LlamaAdapter(ModelAdapter):
             hooks.append((path, module, handle))
 
         if "hidden" in structures:
-            embed = self.backbone.embed_tokens
-
-            def embed_hook(module, args, output):
-                m = source.mask("hidden")
-                return output if m is None else source.multiply(output, m[0])
-
-            add(f"{p}embed_tokens", embed, embed.register_forward_hook(embed_hook))
+            # The residual stream is masked where it is *read*: every norm's input is m ⊙ r. Since r is a sum
+            # (embedding + block writes), this is the same function as masking the embedding and every write, but
+            # the masked tensor is the norm's input, which the norm saves anyway (no extra activation memory).
 
             def norm_scale() -> torch.Tensor | None:
                 m = source.mask("hidden")
                 return None if m is None else torch.sqrt(d / m[0].sum().clamp_min(1e-6))
 
-            # RMSNorm(c·x)/c with c = sqrt(d/Σm) is the RMS norm over the kept dims only (x is 0 elsewhere),
-            # which is exactly what the compact model's norm computes with the same weights and eps.
-            def norm_pre_hook(module, args):
+            def norm_input_mask() -> torch.Tensor | None:
                 scale = source.cached("hidden_norm_scale", norm_scale)
-                if scale is None:
+                return None if scale is None else source.mask("hidden")[0] * scale
+
+            # RMSNorm(c·m⊙x)/c with c = sqrt(d/Σm) is the RMS norm over the kept dims only (0 elsewhere), which
+            # is exactly what the compact model's norm computes with the same weights and eps.
+            def norm_pre_hook(module, args):
+                factor = source.cached("hidden_norm_input_mask", norm_input_mask)
+                if factor is None:
                     return None
-                return (source.multiply(args[0], scale),) + tuple(args[1:])
+                return (source.multiply(args[0], factor),) + tuple(args[1:])
 
             def norm_post_hook(module, args, output):
                 scale = source.cached("hidden_norm_scale", norm_scale)
@@ -234,6 +234,7 @@ class LlamaAdapter(ModelAdapter):
                 mlp_out=(f"{base}mlp.down_proj", layer.mlp.down_proj),
                 head_units=nkv,
                 head_width=width,
+                hidden_on_writes=False,  # masked at the norms' inputs instead (above)
             )
         return hooks
 
