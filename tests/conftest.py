@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: more threads only add contention
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 

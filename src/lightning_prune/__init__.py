@@ -20,8 +20,12 @@ from lightning_prune.errors import (
     UnsupportedModelError,
 )
 from lightning_prune.export import ExportReport, load_compact, save_compact
+from lightning_prune.export.history import load_pruned, save_pruned
 from lightning_prune.gates import Gate, HardConcreteGate, register_gate
-from lightning_prune.methods import L0Config, PruningConfig, register_method
+from lightning_prune.methods import ATPConfig, ATPController, L0Config, PATConfig, PruningConfig, register_method
+from lightning_prune.methods.compresso import CollaborativePrompt, CompressoConfig
+from lightning_prune.methods.polarization import PolarizationConfig
+from lightning_prune.methods.ste import STEConfig
 from lightning_prune.pruner import Pruner, attach
 
 __version__ = "0.1.0"
@@ -41,9 +45,18 @@ __all__ = [
     "Pruner",
     "PruningConfig",
     "L0Config",
+    "PolarizationConfig",
+    "STEConfig",
+    "ATPConfig",
+    "PATConfig",
+    "ATPController",
+    "CompressoConfig",
+    "CollaborativePrompt",
     "PruningCallback",
     "load_compact",
     "save_compact",
+    "save_pruned",
+    "load_pruned",
     "ExportReport",
     "ModelAdapter",
     "register_adapter",

@@ -28,7 +28,8 @@ from torch import nn
 from lightning_prune.adapters import ModelAdapter, resolve_adapter
 from lightning_prune.adapters.base import check_prunable_weights
 from lightning_prune.cost import CostModel
-from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError
+from lightning_prune.distill import SelfDistiller
+from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError, UnsupportedModelError
 from lightning_prune.export.merge import merged_state_dict, unwrap_model
 from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import check_equivalence
@@ -81,7 +82,9 @@ class Pruner:
         adapter: force a registered adapter by name instead of resolving it from the model.
     """
 
-    def __init__(self, model: nn.Module, config: PruningConfig, adapter: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None
+    ) -> None:
         if not isinstance(config, PruningConfig):
             raise PruningConfigError(
                 f"`config` must be a PruningConfig such as lightning_prune.L0Config(...), got {type(config).__name__}."
@@ -95,7 +98,20 @@ class Pruner:
         self.config = config
         self.hf_model = unwrap_model(model)
         check_prunable_weights(model)
-        self.adapter: ModelAdapter = resolve_adapter(self.hf_model, adapter)(self.hf_model)
+        if adapter is None and example_inputs is not None:  # plain CNN/MLP: trace it unless a family adapter matches
+            try:
+                adapter_cls = resolve_adapter(self.hf_model)
+            except UnsupportedModelError:
+                adapter_cls = resolve_adapter(self.hf_model, "dependency_graph")
+        else:
+            adapter_cls = resolve_adapter(self.hf_model, adapter)
+        if example_inputs is not None and not getattr(adapter_cls, "accepts_example_inputs", False):
+            raise PruningConfigError(
+                f"`example_inputs` was given but the {adapter_cls.name} adapter takes none (only tracing adapters such "
+                "as dependency_graph do). Drop the argument."
+            )
+        extra = {"example_inputs": example_inputs} if getattr(adapter_cls, "accepts_example_inputs", False) else {}
+        self.adapter: ModelAdapter = adapter_cls(self.hf_model, **extra)
         available = self.adapter.structures()
         unknown = [s for s in config.structures if s not in available]
         if unknown:
@@ -107,12 +123,16 @@ class Pruner:
         self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
         for name, count in config.keep_units.items():
             if count > self.specs[name].units:
+                gqa = " (`heads` counts key/value groups, not query heads)" if name == "heads" else ""
                 raise PruningConfigError(
-                    f"`keep_units[{name!r}]`={count} exceeds the {self.specs[name].units} units of a row of {name!r}."
+                    f"`keep_units[{name!r}]`={count} (or `target_architecture[{name!r}]`) exceeds the "
+                    f"{self.specs[name].units} units of a row of {name!r}{gqa}. Choose at most that many."
                 )
         self.cost = CostModel(self.adapter.cost_terms(config.flops_seq_len))
         self._check_target_reachable()
-        gates = {name: config.build_gate(spec) for name, spec in self.specs.items()}
+        #: The self-distillation teacher pass (``None`` unless ``config.distill_weight > 0``: then no extra forward).
+        self.distiller: SelfDistiller | None = SelfDistiller(self) if config.distill_weight > 0 else None
+        gates = config.build_gates(self.specs)
         self.state = PruningState(gates, config.build_regularizer(self))
         device = next((p.device for p in self.hf_model.parameters()), torch.device("cpu"))
         self.state.to(device)
@@ -128,11 +148,21 @@ class Pruner:
         #: state is saved and restored around the draw), so samples are reproducible across a resume and equal on
         #: every rank. ``PruningCallback`` sets it from ``(seed, global_step, micro-batch)`` before each batch.
         self.sample_seed: int | None = None
+        #: Where the unit masks act: ``"merged"`` (on the output of the merged ``W + BA`` path: what export folds,
+        #: used in eval and export) or ``"frozen"`` (only on the frozen base path ``W x``; the LoRA path passes
+        #: unmasked: ATP's LoRA update, see :mod:`lightning_prune.methods.atp`).
+        self.mask_path = "merged"
+        #: ``None``: training-mode forwards sample masks, eval-mode forwards use deterministic ones. ``True`` /
+        #: ``False`` force sampled / deterministic masks whatever the model's mode (ATP's generator / LoRA steps).
+        self.mask_sampling: bool | None = None
         root = self.adapter.root_module()
         self._handles = [root.register_forward_pre_hook(self._refresh)]
-        hooked = self.adapter.install_hooks(self, set(self.specs))
+        hooked = self.adapter.install_hooks(self, config.adapter_hook_structures(set(self.specs)))
+        hooked += config.install_hooks(self)  # a method's own hooks (none by default)
         self._hooked = [(path, module) for path, module, _ in hooked]
         self._handles += [handle for _, _, handle in hooked]
+        if self.distiller is not None:
+            self._handles += self.distiller.install()
         log.info(
             "lightning-prune: attached %s gates on %s to %s (%d prunable parameters, target sparsity %.2f of %s)",
             config.gate_kind,
@@ -152,7 +182,7 @@ class Pruner:
         self._cache.clear()
         if self.phase == "dense":
             self._masks = None
-        elif self.phase == "prune" and module.training:
+        elif self.phase == "prune" and (module.training if self.mask_sampling is None else self.mask_sampling):
             self._masks = self._sample_masks()
         else:
             self._masks = self.deterministic_masks()
@@ -189,13 +219,14 @@ class Pruner:
     def keep_counts(self, structure: str) -> torch.Tensor:
         """Units kept per row by the deterministic mask of ``structure``.
 
-        The learned count is the expected number of kept units, ``round(Σ P(kept))`` per row (CoFi/FLOP);
+        The learned count is the gate's :meth:`~lightning_prune.gates.Gate.learned_counts`: by default the expected
+        number of kept units, ``round(Σ P(kept))`` per row (CoFi/FLOP; polarization: units above the valley);
         ``uniform=True`` uses the mean over layers in every layer; ``keep_units`` fixes it.
         """
         spec, gate = self.specs[structure], self.gates[structure]
         if structure in self.config.keep_units:
             return torch.full((spec.rows,), self.config.keep_units[structure], dtype=torch.long)
-        expected = gate.expected_kept().detach().float()
+        expected = gate.learned_counts().detach().float()
         if self.config.uniform and spec.per_layer:
             expected = expected.mean().expand(spec.rows)
         return expected.round().long()
@@ -214,6 +245,7 @@ class Pruner:
         masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
         if self.config.match_target and self.phase != "dense":
             masks = self._match_target(masks)
+        masks = {name: self.gates[name].eval_values(m) for name, m in masks.items()}  # e.g. γ · binary (polarization)
         self._deterministic_cache = (key, masks)
         return masks
 
@@ -301,6 +333,8 @@ class Pruner:
             return zero_with_graph(p for p in self.state.parameters() if p.requires_grad)
         self._check_finite_parameters()
         terms = self.state.regularizer(self)
+        if self.distiller is not None:
+            terms.update(self.distiller.pop_terms())
         total = sum(terms.values())
         if not torch.isfinite(total):
             raise NonFiniteError(
@@ -309,6 +343,8 @@ class Pruner:
                 "Lower `gate_lr`/`lagrangian_lr` or check the loss scale."
             )
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        if self.distiller is not None and "distill" in terms:
+            self.last_terms.update(self.distiller.components)
         return total
 
     def check_loss(self, loss: torch.Tensor, what: str = "task loss", step: int | None = None) -> None:
@@ -359,8 +395,14 @@ class Pruner:
         return list(self.gates.parameters())
 
     def multiplier_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.gate_parameters()}
+        ids = {id(p) for p in self.gate_parameters() + self.module_parameters()}
         return [p for p in self.state.parameters() if id(p) not in ids]
+
+    def module_parameters(self) -> list[nn.Parameter]:
+        """Parameters of modules a method adds to the model (``state.method_modules``, e.g. PAT's HSMs): trained
+        like model weights, in every phase."""
+        modules = getattr(self.state, "method_modules", None)
+        return list(modules.parameters()) if modules is not None else []
 
     def param_groups(
         self, lr: float, weight_decay: float = 0.0, gate_lr: float | None = None, lagrangian_lr: float | None = None
@@ -369,6 +411,8 @@ class Pruner:
 
         Gates and multipliers get their own learning rates and no weight decay; the multipliers are
         maximised (their gradient is reversed in the graph), so one ordinary optimizer serves all groups.
+        A method's own modules (PAT's HSMs, :meth:`module_parameters`) get the group ``lightning_prune.modules``
+        with the model's ``lr`` and no weight decay.
         """
         gate_lr = gate_lr or self.config.gate_lr
         lagrangian_lr = lagrangian_lr or self.config.lagrangian_lr or gate_lr
@@ -383,6 +427,7 @@ class Pruner:
                 "weight_decay": 0.0,
                 "name": "lightning_prune.multipliers",
             },
+            {"params": self.module_parameters(), "lr": lr, "weight_decay": 0.0, "name": "lightning_prune.modules"},
         ]
         return [g for g in groups if g["params"]]
 
@@ -391,7 +436,7 @@ class Pruner:
     def stats(self) -> dict[str, float]:
         """Scalars worth logging: target, expected and exact sparsity, multipliers, kept units."""
         probs = {name: gate.keep_probability() for name, gate in self.gates.items()}
-        masks = self.deterministic_masks()
+        masks = _binary(self.deterministic_masks())
         exp_params, exp_flops = self.cost.total(probs)
         out = {
             "target_sparsity": self.current_target(),
@@ -423,21 +468,21 @@ class Pruner:
         self._check_finite_parameters()
         masks = self.deterministic_masks()
         state = merged_state_dict(self.model, skip_prefix=STATE_ATTRIBUTE)
-        compact, info = self.adapter.build_compact(state, masks)
+        compact, info = self.config.build_compact(self, state, masks)
         compact.eval()  # a fresh model starts in training mode (dropout on); exports are for inference
         del state
-        params_after, flops_after = self.cost.total(masks)
+        params_after, flops_after = self.cost.total(_binary(masks))  # scaled masks (γ · binary) count as kept
         report = ExportReport(
             adapter=self.adapter.name,
             method=self.config.method_name,
             structures=list(self.specs),
             target_sparsity=self.config.target_sparsity,
-            exact_sparsity=float(self.cost.sparsity(masks, self.config.target)),
+            exact_sparsity=float(self.cost.sparsity(_binary(masks), self.config.target)),
             params_before=int(self.cost.dense_params),
             params_after=int(round(float(params_after))),
             flops_per_token_before=float(self.cost.dense_flops),
             flops_per_token_after=float(flops_after),
-            kept_units={name: m.sum(-1).long().tolist() for name, m in masks.items()},
+            kept_units={name: m.sum(-1).long().tolist() for name, m in _binary(masks).items()},
             layer_shapes=info.get("layer_shapes", []),
             uniform=bool(info.get("uniform", False)),
         )
@@ -448,14 +493,14 @@ class Pruner:
                 "The model probably has parameters the adapter does not know; please report it."
             )
         if check:
-            previous = self.phase
-            self.phase = "frozen"
+            previous, previous_path = self.phase, self.mask_path
+            self.phase, self.mask_path = "frozen", "merged"  # the export folds the merged path
             try:
                 report.max_abs_diff, report.reference_scale = check_equivalence(
                     self.adapter, self.hf_model, compact, self.config.export_rtol
                 )
             finally:
-                self.phase = previous
+                self.phase, self.mask_path = previous, previous_path
         self.last_report = report
         log.info("lightning-prune: %s", report.summary())
         return compact
@@ -510,7 +555,14 @@ class Pruner:
             )
 
 
-def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None) -> Pruner:
+def _binary(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Kept (1) / pruned (0) indicators of eval masks that may carry scales (``γ · binary``): sizes count units."""
+    return {name: (m != 0).to(m.dtype) for name, m in masks.items()}
+
+
+def attach(
+    model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None
+) -> Pruner:
     """Attach trainable gates to ``model`` according to ``config`` and return the :class:`Pruner`.
 
     Args:
@@ -518,9 +570,11 @@ def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None) 
             (wrap first, then attach).
         config: the method config, e.g. ``L0Config(target_sparsity=0.5)``.
         adapter: name of a registered adapter to use instead of resolving one from the model.
+        example_inputs: inputs for adapters that trace the model (the ``dependency_graph`` adapter for plain
+            CNNs/MLPs): a tensor or tuple of tensors the model accepts positionally.
 
     Raises:
         UnsupportedModelError: no adapter handles the model (the message lists the known ones).
         PruningConfigError: the config asks for something the model cannot do.
     """
-    return Pruner(model, config, adapter=adapter)
+    return Pruner(model, config, adapter=adapter, example_inputs=example_inputs)

@@ -28,7 +28,9 @@ A = TypeVar("A", bound=type[ModelAdapter])
 
 REGISTER_HINT = (
     "To support it, subclass lightning_prune.adapters.ModelAdapter (see lightning_prune/adapters/llama.py "
-    "for a complete example) and decorate it with @lightning_prune.register_adapter('<name>')."
+    "for a complete example, docs/adapters.md for a walk-through) and decorate it with "
+    "@lightning_prune.register_adapter('<name>'). For a plain CNN/MLP, pass example inputs to trace its channels "
+    "with torch-pruning: attach(model, config, example_inputs=torch.randn(1, 3, 32, 32))."
 )
 
 
@@ -76,12 +78,14 @@ def _supported_families() -> str:
 
 
 from lightning_prune.adapters.bert import BertAdapter  # noqa: E402
+from lightning_prune.adapters.dependency_graph import DependencyGraphAdapter  # noqa: E402
 from lightning_prune.adapters.gpt2 import GPT2Adapter  # noqa: E402
 from lightning_prune.adapters.llama import LlamaAdapter  # noqa: E402
 
 register_adapter("llama")(LlamaAdapter)
 register_adapter("bert")(BertAdapter)
 register_adapter("gpt2")(GPT2Adapter)
+register_adapter("dependency_graph")(DependencyGraphAdapter)
 
 __all__ = [
     "ModelAdapter",
@@ -94,4 +98,5 @@ __all__ = [
     "LlamaAdapter",
     "BertAdapter",
     "GPT2Adapter",
+    "DependencyGraphAdapter",
 ]

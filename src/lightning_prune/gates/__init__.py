@@ -13,7 +13,10 @@ from typing import TypeVar
 
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.base import Gate
+from lightning_prune.gates.generator import DecisionGenerator, GeneratorGate
 from lightning_prune.gates.hard_concrete import HardConcreteGate
+from lightning_prune.gates.scale import ScaleGate
+from lightning_prune.gates.ste import STEGate
 
 _GATES: dict[str, type[Gate]] = {}
 
@@ -49,5 +52,18 @@ def available_gates() -> list[str]:
 
 
 register_gate("hard_concrete")(HardConcreteGate)
+register_gate("generator")(GeneratorGate)
+register_gate("scale")(ScaleGate)
+register_gate("ste")(STEGate)
 
-__all__ = ["Gate", "HardConcreteGate", "register_gate", "gate_class", "available_gates"]
+__all__ = [
+    "Gate",
+    "HardConcreteGate",
+    "GeneratorGate",
+    "ScaleGate",
+    "STEGate",
+    "DecisionGenerator",
+    "register_gate",
+    "gate_class",
+    "available_gates",
+]

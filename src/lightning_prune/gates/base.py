@@ -52,6 +52,22 @@ class Gate(nn.Module, abc.ABC):
         """Expected number of kept units per row, shape ``(rows,)``."""
         return self.keep_probability().sum(dim=-1)
 
+    def learned_counts(self) -> torch.Tensor:
+        """Units per row the gate itself would keep (float, rounded by the pruner), shape ``(rows,)``.
+
+        Used by deterministic masks when no count is fixed. Defaults to :meth:`expected_kept` (CoFi's
+        ``round(Σ P(kept))``); a gate with its own decision rule (polarization's histogram valley) overrides it.
+        """
+        return self.expected_kept()
+
+    def eval_values(self, binary: torch.Tensor) -> torch.Tensor:
+        """The eval-mode mask from the final binary decision ``binary`` (``(rows, units)``, values 0/1).
+
+        Defaults to ``binary``. A gate whose training forward scales units (polarization's γ) returns
+        ``γ · binary`` so that eval and export compute what training computed for the kept units.
+        """
+        return binary
+
     def deterministic(self, counts: torch.Tensor) -> torch.Tensor:
         """Binary mask that keeps exactly ``counts[r]`` units of row ``r``, the best by :meth:`score`.
 

@@ -24,7 +24,10 @@ from lightning_prune.pruner import Pruner
 
 GATE_GROUP = "lightning_prune.gates"
 MULTIPLIER_GROUP = "lightning_prune.multipliers"
-OUR_GROUPS = (GATE_GROUP, MULTIPLIER_GROUP)
+#: A method's own trainable modules (PAT's HSMs): the user's learning rate and scheduler, no weight decay, and
+#: trained in every phase (its lr is not in :func:`group_learning_rates`, so it is never set to 0).
+MODULE_GROUP = "lightning_prune.modules"
+OUR_GROUPS = (GATE_GROUP, MULTIPLIER_GROUP, MODULE_GROUP)
 
 # keys of a group that describe parameters, not hyper-parameters: never copied into our groups
 _NOT_COPIED = ("params", "name", "lr", "initial_lr", "weight_decay")
@@ -50,7 +53,11 @@ def regroup_optimizer_(optimizer: torch.optim.Optimizer, pruner: Pruner) -> tupl
         ``(groups_before, source_index)``: the number of groups before anything was appended, and the index of
         the user group that held our parameters (0 if none did); :func:`extend_schedulers_` needs both.
     """
-    ours = {GATE_GROUP: pruner.gate_parameters(), MULTIPLIER_GROUP: pruner.multiplier_parameters()}
+    ours = {
+        GATE_GROUP: pruner.gate_parameters(),
+        MULTIPLIER_GROUP: pruner.multiplier_parameters(),
+        MODULE_GROUP: pruner.module_parameters(),
+    }
     our_ids = {id(p) for params in ours.values() for p in params}
     lrs = group_learning_rates(pruner)
     groups_before = len(optimizer.param_groups)
@@ -66,6 +73,8 @@ def regroup_optimizer_(optimizer: torch.optim.Optimizer, pruner: Pruner) -> tupl
             source_index = index
         group["params"] = params
     template = {k: v for k, v in optimizer.param_groups[source_index].items() if k not in _NOT_COPIED}
+    source_lr = optimizer.param_groups[source_index]
+    lrs.setdefault(MODULE_GROUP, source_lr.get("initial_lr", source_lr["lr"]))
     uses_initial_lr = any("initial_lr" in g for g in optimizer.param_groups)
     for name, params in ours.items():
         if not params:

@@ -75,6 +75,14 @@ class PruningConfig:
         lagrangian_lr: learning rate of the Lagrange multipliers (gradient *ascent*); defaults to ``gate_lr``.
         flops_seq_len: sequence length used to count attention-score FLOPs.
         export_rtol: relative tolerance of the export equivalence check in fp32 (max abs diff / max abs).
+        distill_weight: weight of self-distillation in the prune phase (0 = off, no extra forward): the same
+            model with gates and LoRA adapters off is the teacher (no second copy of the weights), and
+            ``distill_weight · (T²·KL + distill_hidden_weight · hidden MSE)`` is added by ``penalty()`` as the
+            term ``"distill"`` (Hinton et al. 2015; CoFi uses 0.1 on the logit KL). See
+            :mod:`lightning_prune.distill`.
+        distill_temperature: softmax temperature ``T`` of the logit KL (CoFi: 2).
+        distill_hidden_weight: weight, relative to the logit KL, of matching every block's output to the
+            teacher's over the kept hidden dims (CoFi's layer loss; 0 = logits only).
     """
 
     target_sparsity: float = 0.5
@@ -88,6 +96,9 @@ class PruningConfig:
     lagrangian_lr: float | None = None
     flops_seq_len: int = 512
     export_rtol: float = 1e-4
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    distill_hidden_weight: float = 0.0
 
     method_name = "base"
     gate_kind = "hard_concrete"
@@ -116,6 +127,16 @@ class PruningConfig:
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise PruningConfigError(f"`{name}` must be positive, got {value!r}.")
+        for name in ("distill_weight", "distill_hidden_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PruningConfigError(
+                    f"`{name}` must be a non-negative number (0 turns it off), got {value!r}. HINT: the teacher is "
+                    "the model itself with gates and adapters off; 0.1 to 1 are typical weights."
+                )
+        temp = self.distill_temperature
+        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
+            raise PruningConfigError(f"`distill_temperature` must be a positive number (e.g. 2.0), got {temp!r}.")
         if self.flops_seq_len < 1:
             raise PruningConfigError(f"`flops_seq_len` must be >= 1, got {self.flops_seq_len}.")
         for key, count in dict(self.keep_units).items():
@@ -133,6 +154,29 @@ class PruningConfig:
 
     def build_gate(self, spec: StructureSpec) -> Gate:
         return gate_class(self.gate_kind)(spec.rows, spec.units, **self.gate_kwargs(spec))
+
+    def build_gates(self, specs: dict[str, StructureSpec]) -> dict[str, Gate]:
+        """The gates of all structures; override when one module decides several structures at once (ATP's
+        generator), otherwise one :meth:`build_gate` per structure."""
+        return {name: self.build_gate(spec) for name, spec in specs.items()}
+
+    def install_hooks(self, pruner: Pruner) -> list[tuple[str, nn.Module, Any]]:
+        """Extra forward hooks of the method, as ``(module path, module, handle)``; the adapter's hooks are
+        installed already. The pruner removes them on ``detach`` and checks the modules stay in place."""
+        return []
+
+    def adapter_hook_structures(self, structures: set[str]) -> set[str]:
+        """The structures whose masks the adapter's own hooks apply (all by default); a method that applies some
+        masks in its own hooks (PAT's shared hidden mask, after its HSMs) leaves them out."""
+        return structures
+
+    def build_compact(
+        self, pruner: Pruner, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The compact model from the merged state and final masks: the adapter's by default. A method with
+        trainable modules of its own (PAT's HSMs) folds them into ``state`` first; the export's equivalence check
+        then guards the result as for any other method."""
+        return pruner.adapter.build_compact(state, masks)
 
     def build_regularizer(self, pruner: Pruner) -> nn.Module:
         """A module whose ``forward(pruner) -> dict[str, Tensor]`` returns the named penalty terms."""

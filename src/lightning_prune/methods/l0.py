@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from lightning_prune.constraint import LagrangianConstraint, linear_warmup
+from lightning_prune.errors import PruningConfigError
 from lightning_prune.methods.base import PruningConfig, positive_float, register_method
+from lightning_prune.methods.l0_targets import TargetArchitectureRegularizer, validate_target_architecture
 from lightning_prune.structures import StructureSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,23 +57,59 @@ class L0Config(PruningConfig):
             at the clamp ±4.6).
         temperature: hard-concrete β (2/3 in the paper).
         log_alpha_clamp: ``log α`` is clamped to ``[−c, c]`` after each step (``log 100 ≈ 4.6``).
+        target_architecture: units to keep in *every* row per structure, e.g. ``{"heads": 2, "ffn": 96,
+            "hidden": 48}`` (Sheared-LLaMA's targeted structured pruning): one Lagrangian term per structure on
+            its expected kept fraction, warmed up from the dense size over ``warmup_steps``, and deterministic
+            masks that keep exactly these counts, so the export is a uniform, standard config. ``heads`` counts
+            key/value groups (each keeps its ``num_attention_heads / num_key_value_heads`` query heads), so any
+            count up to ``num_key_value_heads`` gives a valid GQA config. Every structure in ``structures`` needs a
+            count; ``target_sparsity`` must then be left unset (the sparsity follows from the architecture and is
+            reported by ``pruner.current_target()``); ``keep_units`` may repeat a count but not contradict it.
 
     Example::
 
         pruner = lightning_prune.attach(model, lightning_prune.L0Config(target_sparsity=0.5,
                                                                           structures=("heads", "ffn")))
+        # Sheared-LLaMA: end with exactly 2 KV groups and 96 FFN channels in every layer
+        cfg = lightning_prune.L0Config(structures=("heads", "ffn"), target_architecture={"heads": 2, "ffn": 96},
+                                       warmup_steps=200)
     """
+
+    target_sparsity: float | None = None  # None: 0.5, or derived from `target_architecture` when that is given
 
     init_log_alpha: float = 3.0
     temperature: float = 2.0 / 3.0
     log_alpha_clamp: float = math.log(100.0)
+    target_architecture: dict[str, int] | None = None
 
     gate_kind = "hard_concrete"
 
     def __post_init__(self) -> None:
+        if self.target_architecture is not None:
+            if self.target_sparsity is not None:
+                raise PruningConfigError(
+                    f"Conflicting targets: `target_sparsity`={self.target_sparsity!r} and `target_architecture`="
+                    f"{self.target_architecture!r}. The target architecture fixes the size (its sparsity is derived "
+                    "and reported); remove `target_sparsity`."
+                )
+            self.target_sparsity = 0.0  # the global size target is unused; the warm-up starts from the dense model
+        elif self.target_sparsity is None:
+            self.target_sparsity = 0.5
         super().__post_init__()
         positive_float(self.temperature, "temperature")
         positive_float(self.log_alpha_clamp, "log_alpha_clamp")
+        if self.target_architecture is not None:
+            if isinstance(self.structures, str):
+                self.structures = (self.structures,)
+            validate_target_architecture(self.target_architecture, tuple(self.structures), dict(self.keep_units))
+            self.target_architecture = dict(self.target_architecture)
+            self.keep_units = {**dict(self.keep_units), **self.target_architecture}  # exact counts at eval/export
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.target_architecture is not None:
+            out["target_sparsity"] = None  # derived, so that L0Config(**out) round-trips
+        return out
 
     def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:
         return {
@@ -81,4 +119,6 @@ class L0Config(PruningConfig):
         }
 
     def build_regularizer(self, pruner: Pruner) -> nn.Module:
+        if self.target_architecture is not None:
+            return TargetArchitectureRegularizer(pruner, self.target_architecture, self.warmup_steps, self.target)
         return LagrangianRegularizer(self.target_sparsity, self.warmup_steps, self.target)

@@ -1,0 +1,530 @@
+"""Quality at equal size: real MiniLM-L6 pruned in training by our methods vs two baselines, same step budget.
+
+Task: which of eight libraries wrote a docstring sentence (:mod:`quality_data`: real text read offline from the
+installed packages' source, train/test from different source files, library names removed). Every row trains
+the pretrained MiniLM-L6 (``AutoModelForSequenceClassification``) for the **same number of optimizer steps** on
+the same batches, then is evaluated on the held-out files:
+
+* ``dense``: plain fine-tuning (the reference accuracy and latency);
+* ours: each entry of :data:`METHODS` (L0 / hard-concrete gates on heads and FFN channels with a Lagrangian
+  target, CoFi-style: Xia et al., ACL 2022) at 30/50/70% of encoder parameters removed, exported compact;
+* ``torch-pruning`` (two-stage, the classic train → prune → fine-tune pipeline): dense fine-tuning for
+  ``prune_at`` of the steps, one-shot removal of whole heads and FFN channels with torch-pruning's group Taylor
+  (or magnitude) importance at the same parameter budget, then fine-tuning of the smaller model for the rest;
+* ``ModelPruning`` (Lightning's built-in callback): global L1 *unstructured* pruning of the encoder's linear
+  weights by the same fraction, at the same step as the two-stage baseline, masks kept while fine-tuning goes on
+  and made permanent at the end. Its weights are zeros inside dense matrices: it is neither smaller nor faster.
+
+Per row: test accuracy, accuracy kept vs dense, parameter count, encoder sparsity (structural, and the fraction
+of zero encoder weights), and latency measured round-robin in one run. Writes ``quality.json``, ``quality.md``
+and ``quality.png`` (accuracy vs parameters) under ``--output``; the last line printed is the headline.
+
+    python benchmarks/quality.py --quick     # ~10 min on 2 shared CPU cores
+    python benchmarks/quality.py             # full: 300 steps, 4000 sentences, 16x40 (1-2 h on 2 shared cores)
+    python benchmarks/quality.py --sparsities 0.5   # the full budget at one sparsity (4 rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import interleaved_median
+from torch import nn
+
+import lightning_prune as lp
+
+KINDS = ("dense", "ours", "two-stage", "unstructured")
+
+
+@dataclass
+class BenchConfig:
+    """One run's budget. Every row trains ``steps`` optimizer steps on the same batches."""
+
+    steps: int = 300
+    batch_size: int = 16
+    max_length: int = 48
+    lr: float = 1e-4
+    seed: int = 0
+    sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
+    prune_at: float = 0.3  # baselines: fraction of the steps trained dense before their one-shot pruning
+    importance: str = "taylor"  # torch-pruning importance: "taylor" or "magnitude"
+    taylor_batches: int = 4  # batches whose gradients give the Taylor importance
+    latency_repeats: int = 15
+    methods: tuple[str, ...] = ()  # entries of METHODS to run (empty: all whose method is registered)
+
+
+@dataclass
+class Task:
+    name: str
+    train: torch.utils.data.TensorDataset
+    test: torch.utils.data.TensorDataset
+    num_labels: int
+
+
+@dataclass
+class Row:
+    kind: str  # one of KINDS
+    name: str
+    target: float  # asked-for fraction of encoder parameters removed (0 for dense)
+    accuracy: float
+    params: int
+    encoder_sparsity: float  # structural: 1 - encoder linear parameters / the dense model's
+    zero_fraction: float  # fraction of encoder linear weights that are exactly zero
+    train_s: float
+    latency_ms: float = float("nan")
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def record(self, dense: Row) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "model"}
+        out["accuracy_kept"] = self.accuracy / max(dense.accuracy, 1e-9)
+        out["params_ratio"] = self.params / dense.params
+        out["speedup"] = dense.latency_ms / self.latency_ms
+        return out
+
+
+# -- training -------------------------------------------------------------------------------------------------
+def _module(model: nn.Module, lr: float):
+    import lightning as L
+
+    class Classifier(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model.train()
+
+        def training_step(self, batch, batch_idx):
+            ids, mask, labels = batch
+            return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
+
+    return Classifier()
+
+
+def fit(model: nn.Module, task: Task, cfg: BenchConfig, steps: int, callbacks=(), seed_offset: int = 0) -> nn.Module:
+    """Fine-tune ``model`` in place for ``steps`` optimizer steps with Lightning (seeded batches, no logging).
+
+    Every row cuts training into the same epochs of ``prune_at · steps`` batches (``ModelPruning`` acts at an epoch
+    end), so every row sees the same batches in the same order; the second stage of the two-stage baseline starts
+    a new run (``seed_offset=1``) so that it does not repeat the first stage's batches.
+    """
+    import lightning as L
+
+    if steps <= 0:
+        return model
+    L.seed_everything(cfg.seed + seed_offset, verbose=False)
+    order = torch.Generator().manual_seed(cfg.seed + seed_offset)  # batch order independent of the global RNG
+    loader = torch.utils.data.DataLoader(
+        task.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_train_batches=max(1, int(cfg.steps * cfg.prune_at)),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(_module(model, cfg.lr), loader)
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch_size: int = 128) -> float:
+    model.eval()
+    correct = 0
+    for ids, mask, labels in torch.utils.data.DataLoader(data, batch_size=batch_size):
+        correct += int((model(input_ids=ids, attention_mask=mask).logits.argmax(-1) == labels).sum())
+    return correct / len(data)
+
+
+def encoder_linears(model: nn.Module) -> list[nn.Linear]:
+    """The linear layers inside the transformer layers: the parameters a pruning budget is a fraction of."""
+    return [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and ".layer." in f".{name}."]
+
+
+def _linear_stats(model: nn.Module) -> tuple[int, float]:
+    linears = encoder_linears(model)
+    total = sum(p.numel() for m in linears for p in m.parameters())
+    weights = sum(m.weight.numel() for m in linears)
+    zeros = sum(int((m.weight == 0).sum()) for m in linears)
+    return total, zeros / max(weights, 1)
+
+
+# -- rows -----------------------------------------------------------------------------------------------------
+@dataclass
+class MethodEntry:
+    """How to benchmark one of our registered methods: its config at a sparsity, and how to train it.
+
+    ``train(model, config, task, cfg)`` fine-tunes for ``cfg.steps`` and returns the exported compact model.
+    """
+
+    config: Callable[[float, BenchConfig], lp.PruningConfig]
+    train: Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]
+
+
+def _train_with_callback(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
+    """Our Lightning callback: dense 10% of the steps, pruning until 75%, then masks frozen (the demo's schedule)."""
+    callback = lp.PruningCallback(
+        config,
+        dense_steps=max(1, cfg.steps // 10),
+        freeze_after_steps=max(2, int(cfg.steps * 0.75)),
+        plot=False,
+        log_stats=False,
+        prog_bar=False,
+        seed=cfg.seed,  # mask samples from their own RNG stream: the global one (dropout, ...) is left alone
+    )
+    fit(model, task, cfg, cfg.steps, [callback])
+    return callback.pruner.export()
+
+
+def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    return lp.L0Config(
+        target_sparsity=sparsity,
+        structures=("heads", "ffn"),
+        warmup_steps=max(1, int(cfg.steps * 0.4)),
+        gate_lr=0.1,
+        lagrangian_lr=0.01,
+        flops_seq_len=cfg.max_length,
+    )
+
+
+#: Our methods, by registered name. A new method that supports BERT is one entry here.
+METHODS: dict[str, MethodEntry] = {"l0": MethodEntry(_l0_config, _train_with_callback)}
+
+
+def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
+    """Train → prune (torch-pruning, heads + FFN channels, one shot) → fine-tune; ``cfg.steps`` steps in all.
+
+    The budget matches ours: ``round(sparsity · heads)`` whole heads per layer, then the share of FFN channels
+    that brings the removed encoder parameters to ``sparsity`` (the hidden size is kept, like ours).
+    """
+    import torch_pruning as tp
+
+    first = int(cfg.steps * cfg.prune_at)
+    fit(model, task, cfg, first)
+    attentions = [m for m in model.modules() if hasattr(m, "query") and hasattr(m, "num_attention_heads")]
+    heads = attentions[0].num_attention_heads
+    hidden, head_dim = attentions[0].query.in_features, attentions[0].attention_head_size
+    ffn_layers = [m for n, m in model.named_modules() if n.endswith("intermediate.dense")]
+    ffn = ffn_layers[0].out_features
+    per_head = 4 * hidden * head_dim + 3 * head_dim  # q/k/v rows with biases + o columns
+    per_channel = 2 * hidden + 1  # up row with bias + down column
+    dense_layer = heads * per_head + ffn * per_channel + 2 * hidden  # + the o and down biases
+    heads_removed = min(heads - 1, round(heads * sparsity))
+    ffn_ratio = (sparsity * dense_layer - heads_removed * per_head) / (ffn * per_channel)
+    ffn_ratio = min(max(ffn_ratio, 0.0), 0.95)
+    num_heads = {getattr(a, p): heads for a in attentions for p in ("query", "key", "value")}
+    # hidden-size outputs (residual writes, pooler, classifier) are not pruned: only heads and FFN channels
+    ignored = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(("output.dense",))]
+    ignored += [
+        m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ("pooler" in n or "classifier" in n)
+    ]
+    ids, mask = task.train.tensors[0][:2], task.train.tensors[1][:2]
+    importance = (
+        tp.importance.GroupTaylorImportance()
+        if cfg.importance == "taylor"
+        else tp.importance.GroupMagnitudeImportance(p=2)
+    )
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs={"input_ids": ids, "attention_mask": mask},
+        importance=importance,
+        pruning_ratio=ffn_ratio,
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=heads_removed / heads,
+        ignored_layers=ignored,
+        output_transform=lambda out: out.logits.sum(),
+    )
+    if cfg.importance == "taylor":  # first-order Taylor: |w · dL/dw| summed over each group, on task batches
+        model.eval().zero_grad()
+        for ids, mask, labels in list(torch.utils.data.DataLoader(task.train, batch_size=cfg.batch_size))[
+            : cfg.taylor_batches
+        ]:
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    for attention in attentions:  # torch-pruning changes the layers; the module's bookkeeping follows them
+        attention.num_attention_heads = pruner.num_heads[attention.query]
+        attention.all_head_size = attention.query.out_features
+    model.config.num_attention_heads = attentions[0].num_attention_heads
+    model.config.intermediate_size = ffn_layers[0].out_features
+    return fit(model, task, cfg, cfg.steps - first, seed_offset=1)
+
+
+def lightning_model_pruning(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
+    """Lightning's ``ModelPruning``: global L1 unstructured pruning of the encoder's linear weights.
+
+    Pruned once at the end of the first epoch (``prune_at`` of the steps, like the two-stage baseline); the masks
+    stay on while training goes on and are made permanent at the end. Shapes do not change.
+    """
+    from lightning.pytorch.callbacks import ModelPruning
+
+    callback = ModelPruning(
+        pruning_fn="l1_unstructured",
+        parameters_to_prune=[(m, "weight") for m in encoder_linears(model)],
+        amount=sparsity,
+        use_global_unstructured=True,
+        apply_pruning=lambda epoch: epoch == 0,
+        make_pruning_permanent=True,
+        verbose=0,
+    )
+    return fit(model, task, cfg, cfg.steps, [callback])
+
+
+#: Baselines: kind -> (row name, function(model, sparsity, task, cfg) -> trained model).
+BASELINES: dict[str, tuple[str, Callable[[nn.Module, float, Task, BenchConfig], nn.Module]]] = {
+    "two-stage": ("torch-pruning", torch_pruning_two_stage),
+    "unstructured": ("ModelPruning", lightning_model_pruning),
+}
+
+
+def unbenchmarked_methods(model_fn: Callable[[], nn.Module]) -> dict[str, str]:
+    """Registered methods without a :data:`METHODS` entry, with the reason (attach error, or "no entry")."""
+    out = {}
+    for name in lp.methods.available_methods():
+        if name in METHODS:
+            continue
+        try:
+            lp.attach(model_fn(), lp.methods.method_config_class(name)()).detach()
+            out[name] = "attaches to this model but has no entry in METHODS"
+        except Exception as err:  # noqa: BLE001 - any refusal: report it, go on with the others
+            out[name] = f"no entry in METHODS; attach with default arguments fails: {str(err).splitlines()[0][:110]}"
+    return out
+
+
+def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=print) -> list[Row]:
+    """Every row of the table, trained one after the other, then timed side by side."""
+    jobs: list[tuple[str, str, float, Callable[[nn.Module], nn.Module]]] = [("dense", "dense", 0.0, lambda m: m)]
+    names = cfg.methods or tuple(n for n in METHODS if n in lp.methods.available_methods())
+    for sparsity in cfg.sparsities:
+        for name in names:
+            entry = METHODS[name]
+            jobs.append(
+                ("ours", name, sparsity, lambda m, s=sparsity, e=entry: e.train(m, e.config(s, cfg), task, cfg))
+            )
+        for kind, (label, fn) in BASELINES.items():
+            jobs.append((kind, label, sparsity, lambda m, s=sparsity, f=fn: f(m, s, task, cfg)))
+    dense_linear = None
+    rows: list[Row] = []
+    for kind, name, sparsity, train in jobs:
+        start = time.perf_counter()
+        torch.manual_seed(cfg.seed)  # the same classifier-head init in every row
+        model = model_fn()
+        model = fit(model, task, cfg, cfg.steps) if kind == "dense" else train(model)
+        model.eval()
+        seconds = time.perf_counter() - start
+        linear, zeros = _linear_stats(model)
+        dense_linear = dense_linear or linear
+        row = Row(
+            kind=kind,
+            name=name,
+            target=sparsity,
+            accuracy=accuracy(model, task.test),
+            params=sum(p.numel() for p in model.parameters()),
+            encoder_sparsity=1.0 - linear / dense_linear,
+            zero_fraction=zeros,
+            train_s=seconds,
+            model=model,
+        )
+        rows.append(row)
+        log(
+            f"  {kind:<12} {name:<14} @{sparsity:.0%}: accuracy {row.accuracy:.3f}, {row.params:,} params, "
+            f"encoder sparsity {row.encoder_sparsity:.3f} (zeros {row.zero_fraction:.3f}), {seconds:.0f}s"
+        )
+    ids = task.test.tensors[0][: cfg.batch_size]
+    mask = task.test.tensors[1][: cfg.batch_size]
+
+    def forward(model):
+        def call():
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=mask)
+
+        return call
+
+    times = interleaved_median({i: forward(r.model) for i, r in enumerate(rows)}, repeats=cfg.latency_repeats)
+    for i, row in enumerate(rows):
+        row.latency_ms = times[i] * 1e3
+    return rows
+
+
+# -- reporting ------------------------------------------------------------------------------------------------
+def table(rows: list[Row]) -> str:
+    dense = rows[0]
+    lines = [
+        "| row | target | accuracy | kept vs dense | parameters | params ratio | encoder sparsity | zero weights "
+        "| latency (ms) | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row.record(dense)
+        label = "dense fine-tune" if row.kind == "dense" else f"{row.name} ({row.kind})"
+        lines.append(
+            f"| {label} | {row.target:.0%} | {row.accuracy:.3f} | {r['accuracy_kept']:.3f} | {row.params:,} | "
+            f"{r['params_ratio']:.2f}× | {row.encoder_sparsity:.2f} | {row.zero_fraction:.2f} | "
+            f"{row.latency_ms:.1f} | {r['speedup']:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def headline(rows: list[Row], at: float = 0.5, n_test: int | None = None) -> str:
+    """One line: each row at the sparsity nearest ``at``, relative to dense; with ``n_test``, the accuracy's
+    binomial standard error, so that a reader can tell a difference from noise."""
+    dense = rows[0]
+    near = min((r.target for r in rows[1:]), key=lambda t: abs(t - at), default=at)
+    parts = []
+    for row in rows[1:]:
+        if row.target != near:
+            continue
+        r = row.record(dense)
+        if row.kind == "ours":
+            parts.insert(
+                0,
+                f"{row.name} @{near:.0%}: {r['accuracy_kept']:.2f} of dense accuracy at "
+                f"{r['params_ratio']:.2f}× params, {r['speedup']:.2f}× speed-up",
+            )
+        else:
+            parts.append(
+                f"{row.name} ({row.kind}): {r['accuracy_kept']:.2f} at {r['params_ratio']:.2f}× params, "
+                f"{r['speedup']:.2f}× speed-up"
+            )
+    noise = ""
+    if n_test:
+        noise = f", standard error ±{(dense.accuracy * (1 - dense.accuracy) / n_test) ** 0.5:.3f}"
+    return f"headline (dense accuracy {dense.accuracy:.3f}{noise}): " + "; ".join(parts)
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense = rows[0]
+    ax.axhline(dense.accuracy, color="gray", linestyle="--", label=f"dense ({dense.params / 1e6:.1f}M)")
+    markers = {"ours": "o", "two-stage": "s", "unstructured": "^"}
+    for kind in KINDS[1:]:
+        for name in dict.fromkeys(r.name for r in rows if r.kind == kind):
+            sel = sorted((r for r in rows if r.kind == kind and r.name == name), key=lambda r: r.params)
+            ax.plot(
+                [r.params / 1e6 for r in sel], [r.accuracy for r in sel], marker=markers[kind], label=f"{name} ({kind})"
+            )
+            for r in sel:
+                ax.annotate(
+                    f"{r.target:.0%}",
+                    (r.params / 1e6, r.accuracy),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- the real task --------------------------------------------------------------------------------------------
+def minilm_task(
+    cfg: BenchConfig, n_train_per_class: int, n_test_per_class: int
+) -> tuple[Callable[[], nn.Module], Task]:
+    from quality_data import LABELS, make_docstring_dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightning_prune.pretrained import minilm_path
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train, test = make_docstring_dataset(n_train_per_class, n_test_per_class)
+
+    def encode(examples):
+        enc = tokenizer(
+            [e.text for e in examples],
+            padding="max_length",
+            truncation=True,
+            max_length=cfg.max_length,
+            return_tensors="pt",
+        )
+        return torch.utils.data.TensorDataset(
+            enc["input_ids"], enc["attention_mask"], torch.tensor([e.label for e in examples])
+        )
+
+    def model_fn():
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
+
+    return model_fn, Task("docstring-library", encode(train), encode(test), len(LABELS))
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and sentences (minutes on 2 cores)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/quality"))
+    parser.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (overrides the mode's)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import lightning.pytorch  # noqa: F401 - configures its logger on import; quieten it afterwards
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    if args.quick:
+        cfg, n_train, n_test = BenchConfig(steps=100, max_length=32, importance=args.importance), 200, 50
+    else:
+        cfg, n_train, n_test = BenchConfig(steps=300, max_length=40, importance=args.importance), 500, 125
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.sparsities is not None:
+        cfg.sparsities = tuple(args.sparsities)
+    from quality_data import source_versions
+
+    model_fn, task = minilm_task(cfg, n_train, n_test)
+    print(
+        f"MiniLM-L6 on {task.name}: {len(task.train)} train / {len(task.test)} test sentences (held-out files), "
+        f"{task.num_labels} classes; {cfg.steps} steps of batch {cfg.batch_size}x{cfg.max_length} per row"
+    )
+    for name, why in unbenchmarked_methods(model_fn).items():
+        print(f"  method {name!r} skipped: {why}")
+    rows = run(model_fn, task, cfg)
+    args.output.mkdir(parents=True, exist_ok=True)
+    dense = rows[0]
+    record = {
+        "config": asdict(cfg),
+        "task": task.name,
+        "n_train": len(task.train),
+        "n_test": len(task.test),
+        "source_versions": source_versions(),
+        "rows": [r.record(dense) for r in rows],
+    }
+    (args.output / "quality.json").write_text(json.dumps(record, indent=2))
+    md = table(rows)
+    (args.output / "quality.md").write_text(md + "\n")
+    plot(rows, args.output / "quality.png", f"MiniLM-L6, {task.name}, {cfg.steps} steps per row")
+    print(md)
+    print(f"results: {args.output}/quality.{{json,md,png}}")
+    print(headline(rows, n_test=len(task.test)))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

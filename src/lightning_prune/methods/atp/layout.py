@@ -1,0 +1,93 @@
+"""Which projection rows and columns belong to each prunable unit: ATP's LoRA-aware view of a model.
+
+ATP (Lu et al., arXiv 2412.14426) needs, per structure and layer, the projections whose *output rows* a unit
+owns (the mask covers their frozen path ``W x`` in the LoRA update, and the group lasso acts on their LoRA
+``B`` rows) and the projections whose *input columns* it owns (group lasso on their LoRA ``A`` columns).
+A layout lists them as :class:`Coupling` s; one function per adapter, registered with
+:func:`register_atp_layout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lightning_prune.adapters.base import ModelAdapter
+from lightning_prune.errors import PruningConfigError
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """One projection coupled to a structure row (layer).
+
+    Attributes:
+        path: module path inside the Hugging Face model (peft's wrapper when LoRA is applied).
+        module: the module at ``path`` (a peft ``lora.Linear`` or a plain ``nn.Linear``).
+        side: ``"out"``: a unit owns ``unit_size`` consecutive output rows; ``"in"``: input columns.
+        layer: the structure row.
+        unit_size: rows (or columns) per unit.
+    """
+
+    path: str
+    module: nn.Module
+    side: Literal["out", "in"]
+    layer: int
+    unit_size: int
+
+    def expand(self, mask_row: torch.Tensor) -> torch.Tensor:
+        """The unit mask of this row repeated over the unit's rows/columns: ``(units · unit_size,)``."""
+        return mask_row.repeat_interleave(self.unit_size)
+
+
+Layout = Callable[[ModelAdapter, str], list[Coupling]]
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def register_atp_layout(adapter_name: str) -> Callable[[Layout], Layout]:
+    """Decorator registering ``fn(adapter, structure) -> list[Coupling]`` for the adapter ``adapter_name``."""
+
+    def wrap(fn: Layout) -> Layout:
+        if adapter_name in _LAYOUTS and _LAYOUTS[adapter_name] is not fn:
+            raise ValueError(f"An ATP layout for {adapter_name!r} is already registered.")
+        _LAYOUTS[adapter_name] = fn
+        return fn
+
+    return wrap
+
+
+def couplings(adapter: ModelAdapter, structure: str) -> list[Coupling]:
+    """The couplings of ``structure`` for ``adapter``; a clear error when the family has no ATP layout."""
+    if adapter.name not in _LAYOUTS:
+        raise PruningConfigError(
+            f"ATP does not know the LoRA layout of the {adapter.name!r} adapter (known: {sorted(_LAYOUTS)}). "
+            "Register one with lightning_prune.methods.atp.register_atp_layout (see layout.py for Llama), or use "
+            "L0Config for this model."
+        )
+    return _LAYOUTS[adapter.name](adapter, structure)
+
+
+@register_atp_layout("llama")
+def llama_layout(adapter: ModelAdapter, structure: str) -> list[Coupling]:
+    """Llama/Mistral/Qwen: a ``heads`` unit (a KV group) owns ``n_rep·head_dim`` q rows, ``head_dim`` k and v
+    rows and ``n_rep·head_dim`` o_proj columns; an ``ffn`` unit owns a gate and an up row and a down column."""
+    p, hd, rep = adapter.prefix, adapter.head_dim, adapter.n_rep
+    out: list[Coupling] = []
+    for l, layer in enumerate(adapter.layers):
+        base = f"{p}layers.{l}."
+        if structure == "heads":
+            attn = layer.self_attn
+            for name, side, size in (("q_proj", "out", rep * hd), ("k_proj", "out", hd), ("v_proj", "out", hd)):
+                out.append(Coupling(f"{base}self_attn.{name}", getattr(attn, name), side, l, size))
+            out.append(Coupling(f"{base}self_attn.o_proj", attn.o_proj, "in", l, rep * hd))
+        elif structure == "ffn":
+            mlp = layer.mlp
+            for name in ("gate_proj", "up_proj"):
+                out.append(Coupling(f"{base}mlp.{name}", getattr(mlp, name), "out", l, 1))
+            out.append(Coupling(f"{base}mlp.down_proj", mlp.down_proj, "in", l, 1))
+        else:
+            raise PruningConfigError(f"ATP's Llama layout has no structure {structure!r}; use 'heads' and/or 'ffn'.")
+    return out

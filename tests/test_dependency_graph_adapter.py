@@ -1,0 +1,140 @@
+"""The dependency_graph adapter (torch-pruning's DepGraph, Fang et al. CVPR 2023) on plain CNNs and MLPs:
+planted-channel recovery, export equivalence, exact parameter counts, history replay and clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from cnn_models import image_batch, tiny_mlp, tiny_resnet
+from conftest import randomize_gates, tiny_causal_lm
+
+import lightning_prune as lp
+from lightning_prune.adapters.dependency_graph import _fold
+from lightning_prune.export.history import load_pruned, save_pruned
+from lightning_prune.export.report import count_parameters
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convs on an oversubscribed CPU run ~100x slower with 2 intra-op threads (OpenMP spinning)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _plant(pruner, truth: torch.Tensor) -> torch.nn.Module:
+    """Teacher: the attached model with the planted-pruned channels silenced at every mask point (the student
+    keeps them), so matching the teacher requires closing exactly those channels."""
+    teacher = copy.deepcopy(pruner.adapter.template)  # the model as attached, without gates or hooks
+    modules = dict(teacher.named_modules())
+    padded = torch.cat([truth, torch.ones(1)])
+    with torch.no_grad():
+        for name, index in pruner.adapter.mask_points().items():
+            _fold(modules[name], padded[torch.where(index < 0, truth.numel(), index)])
+    return teacher
+
+
+def _block_outputs(model: torch.nn.Module, store: dict, tag: str) -> None:
+    for name in ("block1", "block2"):
+        getattr(model, name).register_forward_hook(lambda m, a, out, key=(tag, name): store.__setitem__(key, out))
+
+
+def test_planted_channels_recovered_and_export_matches():
+    student = tiny_resnet(seed=0, classes=16)
+    config = lp.L0Config(
+        structures=("channels",), target_sparsity=0.3, gate_lr=0.3, lagrangian_lr=0.01, warmup_steps=260
+    )
+    pruner = lp.attach(student, config, example_inputs=image_batch())
+    units = pruner.specs["channels"].units
+    assert units == 12 + 12 + 8 + 8  # residual groups (stem/block1, down/block2) and the two blocks' inner channels
+    truth = torch.ones(units)
+    truth[torch.randperm(units, generator=torch.Generator().manual_seed(3))[: units // 2]] = 0.0
+    teacher = _plant(pruner, truth)
+    own = {id(p) for p in pruner.state.parameters()}
+    for p in student.parameters():
+        p.requires_grad_(id(p) in own)  # only the gates (and λ) learn
+    planted = float(pruner.cost.sparsity({"channels": truth[None]}))
+    config.target_sparsity = planted  # the matching target
+    pruner.state.regularizer.target_sparsity = planted
+    optimizer = torch.optim.Adam(pruner.param_groups(lr=0.0))
+    pruner.hook_optimizer(optimizer)
+    pruner.mask_sampling = True  # sampled gates while BatchNorm uses its running statistics (eval mode)
+    features: dict = {}
+    _block_outputs(student, features, "student")
+    _block_outputs(teacher, features, "teacher")
+    data = torch.Generator().manual_seed(1)
+    for _ in range(800):
+        batch = torch.randn(8, 3, 8, 8, generator=data)
+        with torch.no_grad():
+            target = teacher(batch)
+        loss = torch.nn.functional.mse_loss(student(batch), target) / target.var() + pruner.penalty()
+        for name in ("block1", "block2"):  # block outputs: every channel's effect is visible
+            ref = features[("teacher", name)]
+            loss = loss + torch.nn.functional.mse_loss(features[("student", name)], ref) / ref.var()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    pruner.mask_sampling = None
+    student.eval()
+
+    mask = pruner.deterministic_masks()["channels"][0]
+    predicted, dropped = mask == 0, truth == 0
+    tp = float((predicted & dropped).sum())
+    precision, recall = tp / max(float(predicted.sum()), 1.0), tp / float(dropped.sum())
+    print(f"planted channels: precision={precision:.3f} recall={recall:.3f}")
+    assert precision >= 0.9 and recall >= 0.9
+
+    compact = pruner.export()
+    report = pruner.last_report
+    assert report.max_abs_diff <= 1e-4 * report.reference_scale
+    assert count_parameters(compact) == report.params_after < report.params_before
+    with torch.no_grad():
+        probe = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+        assert torch.allclose(compact(probe), student(probe), atol=1e-5)
+
+
+@pytest.mark.parametrize("builder,inputs", [(tiny_resnet, image_batch()), (tiny_mlp, torch.randn(2, 10))])
+def test_export_exact_counts_and_history_replay(tmp_path, builder, inputs):
+    model = builder(seed=1)
+    pruner = lp.attach(model, lp.L0Config(structures=("channels",), target_sparsity=0.2), example_inputs=inputs)
+    randomize_gates(pruner, seed=2)
+    compact = pruner.export()
+    report = pruner.last_report
+    binary = {"channels": (pruner.deterministic_masks()["channels"] != 0).float()}
+    assert count_parameters(compact) == int(pruner.cost.total(binary)[0]) == report.params_after
+    assert report.params_after < report.params_before
+    assert not any("pruning" in n for n, _ in compact.named_parameters())
+    assert not any(m._forward_hooks for m in compact.modules())
+
+    save_pruned(compact, tmp_path / "cnn")
+    reloaded = load_pruned(tmp_path / "cnn", model_factory=lambda: builder(seed=123))
+    probe = torch.randn_like(inputs) if inputs.dim() == 2 else image_batch(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(probe), compact(probe))
+    shapes = {n: tuple(p.shape) for n, p in reloaded.named_parameters()}
+    assert shapes == {n: tuple(p.shape) for n, p in compact.named_parameters()}
+
+
+def test_wrong_factory_is_refused(tmp_path):
+    model = tiny_resnet()
+    pruner = lp.attach(model, lp.L0Config(structures=("channels",), target_sparsity=0.2), example_inputs=image_batch())
+    randomize_gates(pruner)
+    save_pruned(pruner.export(), tmp_path / "cnn")
+    with pytest.raises(lp.errors.ExportMismatchError, match="model_factory"):
+        load_pruned(tmp_path / "cnn", model_factory=lambda: tiny_mlp(), example_inputs=torch.randn(1, 10))
+
+
+def test_missing_example_inputs_and_unknown_models():
+    with pytest.raises(lp.PruningConfigError, match=r"example_inputs=torch.randn"):
+        lp.attach(tiny_resnet(), lp.L0Config(structures=("channels",)), adapter="dependency_graph")
+    with pytest.raises(lp.UnsupportedModelError) as info:
+        lp.attach(tiny_resnet(), lp.L0Config(structures=("channels",)))
+    message = str(info.value)
+    assert "dependency_graph" in message and "register_adapter" in message and "example_inputs" in message
+    with pytest.raises(lp.PruningConfigError, match="takes none"):
+        lp.attach(tiny_causal_lm("llama"), lp.L0Config(), example_inputs=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(lp.PruningConfigError, match="tensor or a tuple of tensors"):
+        lp.attach(tiny_resnet(), lp.L0Config(structures=("channels",)), example_inputs={"x": image_batch()})

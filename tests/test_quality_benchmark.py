@@ -1,0 +1,101 @@
+"""Smoke test of ``benchmarks/quality.py``'s core on a tiny BERT: every row kind is produced and measured.
+
+The real run (MiniLM-L6, hundreds of steps) lives in the benchmark; here a 2-layer BERT from a config trains
+4 steps per row, which is enough to check the plumbing of each kind: our method's export really shrinks the
+model, torch-pruning removes whole heads and FFN channels at the asked-for budget, and Lightning's
+``ModelPruning`` zeroes weights without changing the parameter count.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import quality  # noqa: E402 - torch-pruning (a test dependency) and lightning must be installed
+import quality_data  # noqa: E402
+
+
+def _tiny_task(n_train: int = 64, n_test: int = 32, seq: int = 12, vocab: int = 100):
+    gen = torch.Generator().manual_seed(0)
+
+    def data(n):
+        ids = torch.randint(5, vocab, (n, seq), generator=gen)
+        labels = (ids[:, 1] % 2).long()  # learnable from the second token
+        return torch.utils.data.TensorDataset(ids, torch.ones_like(ids), labels)
+
+    return quality.Task("tiny", data(n_train), data(n_test), 2)
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    torch.set_num_threads(1)
+    cfg = quality.BenchConfig(
+        steps=4, batch_size=8, max_length=12, sparsities=(0.5,), prune_at=0.5, taylor_batches=1, latency_repeats=2
+    )
+    return quality.run(_tiny_bert, _tiny_task(), cfg, log=lambda *_: None)
+
+
+def test_every_row_kind_is_present(rows):
+    assert [r.kind for r in rows] == ["dense", "ours", "two-stage", "unstructured"]
+    for row in rows:
+        assert 0.0 <= row.accuracy <= 1.0
+        assert row.latency_ms > 0
+
+
+def test_structured_rows_are_smaller(rows):
+    dense, ours, two_stage, _ = rows
+    for row in (ours, two_stage):
+        assert row.params < dense.params
+        assert row.encoder_sparsity == pytest.approx(0.5, abs=0.1)  # the asked-for budget, to a unit's granularity
+    # torch-pruning removed whole heads (2 of 4) and kept the hidden size
+    attention = two_stage.model.bert.encoder.layer[0].attention.self
+    assert (attention.num_attention_heads, attention.query.out_features, attention.query.in_features) == (2, 16, 32)
+
+
+def test_model_pruning_keeps_parameter_count(rows):
+    dense, *_, unstructured = rows
+    assert unstructured.params == dense.params
+    assert unstructured.encoder_sparsity == 0.0
+    assert unstructured.zero_fraction == pytest.approx(0.5, abs=0.01)
+    assert not any("weight_orig" in n for n, _ in unstructured.model.named_parameters())  # made permanent
+
+
+def test_report(rows, tmp_path):
+    text = quality.table(rows)
+    assert text.count("\n") == len(rows) + 1
+    line = quality.headline(rows)
+    assert line.startswith("headline") and "l0 @50%" in line and "ModelPruning" in line
+    quality.plot(rows, tmp_path / "q.png", "tiny")
+    assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_docstring_task_is_balanced_held_out_and_has_no_giveaways():
+    train, test = quality_data.make_docstring_dataset(n_train_per_class=30, n_test_per_class=10)
+    labels = range(len(quality_data.LABELS))
+    assert [sum(e.label == i for e in train) for i in labels] == [30] * len(quality_data.LABELS)
+    assert [sum(e.label == i for e in test) for i in labels] == [10] * len(quality_data.LABELS)
+    assert not {e.text for e in train} & {e.text for e in test}  # no sentence in both splits
+    assert not any(quality_data._GIVEAWAY.search(e.text) for e in train + test)  # no library named
+    assert quality_data._first_sentence("Uses numpy to sum. More.") is None
+    assert quality_data._first_sentence("Return the sum of the array.\n\nMore text.") == "Return the sum of the array."
