@@ -80,6 +80,55 @@ def check_prunable_weights(model: nn.Module) -> None:
         )
 
 
+class CompactState:
+    """The merged weights of a model being cut down to its compact shapes (a helper for ``build_compact``).
+
+    ``get`` reads a merged tensor and marks it as handled; ``put`` stores a compact tensor; ``finish`` copies every
+    tensor no structure resized (e.g. Qwen3's q/k norms, position embeddings) unchanged, so nothing is dropped
+    silently (the export's parameter-count check would refuse it anyway).
+
+    Args:
+        state: merged state dict of the plain model (LoRA folded in).
+        masks: final deterministic masks by structure name; a structure not gated is all ones.
+    """
+
+    def __init__(self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+        self.state = state
+        self.masks = masks
+        self.device = next(iter(state.values())).device
+        self.new: dict[str, torch.Tensor] = {}
+        self.taken: set[str] = set()
+
+    def mask(self, name: str, rows: int, units: int) -> torch.Tensor:
+        """The ``(rows, units)`` float mask of ``name`` on the weights' device (ones when not gated)."""
+        m = self.masks.get(name)
+        return torch.ones(rows, units, device=self.device) if m is None else m.to(self.device).float()
+
+    def hidden(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden-dim mask and the indices of the kept dims; the mask must be binary and keep something."""
+        m = self.mask("hidden", 1, size)[0]
+        if "hidden" in self.masks and not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError("The hidden-dim mask must be binary at export (the norms over kept dims assume it).")
+        keep = m.nonzero().flatten()
+        if keep.numel() == 0:
+            raise ValueError("Every hidden dim is pruned; keep at least one (e.g. keep_units={'hidden': 64}).")
+        return m, keep
+
+    def get(self, key: str) -> torch.Tensor | None:
+        self.taken.add(key)
+        return self.state.get(key)
+
+    def put(self, key: str, value: torch.Tensor | None) -> None:
+        if value is not None:
+            self.new[key] = value.contiguous()
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        for key, value in self.state.items():
+            if key not in self.taken:
+                self.new[key] = value
+        return self.new
+
+
 class ModelAdapter(abc.ABC):
     """Base class of model adapters. A new family is one subclass plus one ``register_adapter`` call.
 

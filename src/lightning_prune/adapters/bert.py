@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import CompactState, MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
@@ -291,33 +291,15 @@ class BertAdapter(ModelAdapter):
         from lightning_prune.export.per_layer import build_per_layer_model  # local: avoids a cycle
 
         p, d, hd, L = self.prefix, self.hidden_size, self.head_dim, self.num_layers
-        dev = next(iter(state.values())).device
-
-        def mask_of(name: str, rows: int, units: int) -> torch.Tensor:
-            m = masks.get(name)
-            return torch.ones(rows, units, device=dev) if m is None else m.to(dev).float()
-
-        hidden_m = mask_of("hidden", 1, d)[0]
-        if "hidden" in masks and not bool(((hidden_m == 0) | (hidden_m == 1)).all()):
-            raise ValueError("The hidden-dim mask must be binary at export (the masked LayerNorm assumes it).")
-        h_keep = hidden_m.nonzero().flatten()
+        surgery = CompactState(state, masks)
+        dev, mask_of = surgery.device, surgery.mask
+        hidden_m, h_keep = surgery.hidden(d)
         d_new = int(h_keep.numel())
-        if d_new == 0:
-            raise ValueError("Every hidden dim is pruned; keep at least one (e.g. keep_units={'hidden': 64}).")
         head_m, ffn_m = mask_of("heads", L, self.num_heads), mask_of("ffn", L, self.intermediate_size)
         attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
         empty = torch.zeros(0, dtype=torch.long, device=dev)
 
-        new: dict[str, torch.Tensor] = {}
-        take: set[str] = set()
-
-        def get(key: str) -> torch.Tensor | None:
-            take.add(key)
-            return state.get(key)
-
-        def put(key: str, value: torch.Tensor | None) -> None:
-            if value is not None:
-                new[key] = value.contiguous()
+        new, take, get, put = surgery.new, surgery.taken, surgery.get, surgery.put
 
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
             w = get(f"{p}embeddings.{name}.weight")
@@ -378,9 +360,7 @@ class BertAdapter(ModelAdapter):
             put(f"{path}.weight", w[:, h_keep])
             take.add(f"{path}.bias")  # copied unchanged below
             put(f"{path}.bias", state.get(f"{path}.bias"))
-        for key, value in state.items():  # parameters no structure resizes (classifier, out_proj, ...)
-            if key not in take:
-                new[key] = value
+        surgery.finish()  # parameters no structure resizes, unchanged
 
         compact, uniform = self._instantiate(d_new, layer_shapes, build_per_layer_model)
         compact.to(dtype=next(iter(new.values())).dtype)

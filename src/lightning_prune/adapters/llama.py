@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import CompactState, MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
@@ -256,30 +256,14 @@ class LlamaAdapter(ModelAdapter):
 
         p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
         L = self.num_layers
-        dev = next(iter(state.values())).device
-
-        def mask_of(name: str, rows: int, units: int) -> torch.Tensor:
-            m = masks.get(name)
-            return torch.ones(rows, units, device=dev) if m is None else m.to(dev).float()
-
-        hidden_m = mask_of("hidden", 1, d)[0]
-        if "hidden" in masks and not bool(((hidden_m == 0) | (hidden_m == 1)).all()):
-            raise ValueError("The hidden-dim mask must be binary at export (the norm rescaling assumes it).")
-        h_keep = hidden_m.nonzero().flatten()
+        surgery = CompactState(state, masks)
+        dev, mask_of = surgery.device, surgery.mask
+        hidden_m, h_keep = surgery.hidden(d)
         d_new = int(h_keep.numel())
         head_m, ffn_m = mask_of("heads", L, self.num_kv_heads), mask_of("ffn", L, self.intermediate_size)
         attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
 
-        new: dict[str, torch.Tensor] = {}
-        take = set()
-
-        def get(key: str) -> torch.Tensor | None:
-            take.add(key)
-            return state.get(key)
-
-        def put(key: str, value: torch.Tensor | None) -> None:
-            if value is not None:
-                new[key] = value.contiguous()
+        new, take, get, put = surgery.new, surgery.taken, surgery.get, surgery.put
 
         embed = get(f"{p}embed_tokens.weight")
         put(f"{p}embed_tokens.weight", (embed * hidden_m.to(embed.dtype))[:, h_keep])
@@ -338,9 +322,7 @@ class LlamaAdapter(ModelAdapter):
             w, b = get(f"{self.head_name}.weight"), get(f"{self.head_name}.bias")
             put(f"{self.head_name}.weight", w[:, h_keep])
             put(f"{self.head_name}.bias", b)
-        for key, value in state.items():  # parameters no structure resizes (Qwen3 q_norm/k_norm, ...)
-            if key not in take:
-                new[key] = value
+        surgery.finish()  # parameters no structure resizes, unchanged
 
         config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
         config.update(hidden_size=d_new, head_dim=hd)

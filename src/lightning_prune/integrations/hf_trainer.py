@@ -26,7 +26,6 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -101,25 +100,17 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         seed: int | None = None,
         log_stats: bool = True,
     ) -> None:
-        if not isinstance(config, PruningConfig):
-            raise PruningConfigError(
-                f"`config` must be a PruningConfig such as lightning_prune.L0Config(target_sparsity=0.5), got "
-                f"{type(config).__name__}."
-            )
-        if export_dir is not None and not isinstance(export_dir, (str, os.PathLike)):
-            raise PruningConfigError(f"`export_dir` must be a path or None, got {type(export_dir).__name__}.")
-        self._init_schedule(dense_steps, freeze_after_steps, seed)
-        for name, value in (("overwrite_export", overwrite_export), ("plot", plot), ("log_stats", log_stats)):
-            if not isinstance(value, bool):
-                raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
-        if adapter is not None and not isinstance(adapter, str):
-            raise PruningConfigError(f"`adapter` must be a registered adapter name or None, got {adapter!r}.")
-        self.config = config
-        self.export_dir = Path(export_dir) if export_dir is not None else None
-        self.overwrite_export = overwrite_export
-        self.plot = plot
-        self.adapter = adapter
-        self.log_stats = log_stats
+        self._init_options(
+            config,
+            export_dir,
+            dense_steps,
+            freeze_after_steps,
+            seed,
+            adapter,
+            overwrite_export=overwrite_export,
+            plot=plot,
+            log_stats=log_stats,
+        )
         self._pruner: Pruner | None = None
         self._phase = "dense" if dense_steps > 0 else "prune"
         self._base_seed = 0

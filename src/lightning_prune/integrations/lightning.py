@@ -166,33 +166,24 @@ class PruningCallback(Callback, PhaseSchedule):
         prog_bar: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(config, PruningConfig):
-            raise PruningConfigError(
-                f"`config` must be a PruningConfig such as lightning_prune.L0Config(target_sparsity=0.5), got "
-                f"{type(config).__name__}. HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`."
-            )
-        if export_dir is not None and not isinstance(export_dir, (str, os.PathLike)):
-            raise PruningConfigError(f"`export_dir` must be a path or None, got {type(export_dir).__name__}.")
         if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
             raise PruningConfigError(
                 f"`model_attribute` must be a non-empty attribute name or None, got {model_attribute!r}."
             )
-        self._init_schedule(dense_steps, freeze_after_steps, seed)
-        for name, value in (("overwrite_export", overwrite_export), ("plot", plot), ("log_stats", log_stats)):
-            if not isinstance(value, bool):
-                raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
-        if not isinstance(prog_bar, bool):
-            raise PruningConfigError(f"`prog_bar` must be True or False, got {prog_bar!r}.")
-        if adapter is not None and not isinstance(adapter, str):
-            raise PruningConfigError(f"`adapter` must be a registered adapter name or None, got {adapter!r}.")
-        self.config = config
-        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self._init_options(
+            config,
+            export_dir,
+            dense_steps,
+            freeze_after_steps,
+            seed,
+            adapter,
+            config_hint=" HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`.",
+            overwrite_export=overwrite_export,
+            plot=plot,
+            log_stats=log_stats,
+            prog_bar=prog_bar,
+        )
         self.model_attribute = model_attribute
-        self.overwrite_export = overwrite_export
-        self.plot = plot
-        self.adapter = adapter
-        self.log_stats = log_stats
-        self.prog_bar = prog_bar
         self._pruner: Pruner | None = None
         self._model_path: str | None = None
         self._phase = "dense" if dense_steps > 0 else "prune"

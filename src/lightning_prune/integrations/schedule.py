@@ -9,6 +9,8 @@ then ``frozen``.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 from lightning_prune.errors import PruningConfigError
@@ -56,6 +58,39 @@ class PhaseSchedule:
         self.dense_steps = dense_steps
         self.freeze_after_steps = freeze_after_steps
         self.seed = seed
+
+    def _init_options(
+        self,
+        config: Any,
+        export_dir: Any,
+        dense_steps: int,
+        freeze_after_steps: int | None,
+        seed: int | None,
+        adapter: Any,
+        config_hint: str = "",
+        **flags: Any,
+    ) -> None:
+        """Validate and store the options every integration callback shares (``flags`` are booleans)."""
+        from lightning_prune.methods.base import PruningConfig  # local: keeps this module import-light
+
+        if not isinstance(config, PruningConfig):
+            raise PruningConfigError(
+                f"`config` must be a PruningConfig such as lightning_prune.L0Config(target_sparsity=0.5), got "
+                f"{type(config).__name__}.{config_hint}"
+            )
+        if export_dir is not None and not isinstance(export_dir, (str, os.PathLike)):
+            raise PruningConfigError(f"`export_dir` must be a path or None, got {type(export_dir).__name__}.")
+        self._init_schedule(dense_steps, freeze_after_steps, seed)
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
+        if adapter is not None and not isinstance(adapter, str):
+            raise PruningConfigError(f"`adapter` must be a registered adapter name or None, got {adapter!r}.")
+        self.config = config
+        self.export_dir = Path(export_dir) if export_dir is not None else None
+        self.adapter = adapter
+        for name, value in flags.items():
+            setattr(self, name, value)
 
     def phase_at(self, global_step: int) -> str:
         """The phase of the optimizer step ``global_step`` (0-based)."""
