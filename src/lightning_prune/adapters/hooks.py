@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource
+from lightning_prune.adapters.base import MaskSource, base_layer
 
 Hooks = list[tuple[str, nn.Module, RemovableHandle]]
 
@@ -42,31 +42,53 @@ def install_block_hooks(
     """
     hooks: Hooks = []
     (attn_path, attn_module), (mlp_path, mlp_module) = attn_out, mlp_out
+    # A whole-block gate z scales the block's write. When the output projection has no bias, z·(W x) = W (z·x):
+    # it is applied to the projection's *input*, which the projection saves anyway (no extra saved activation).
+    z_on_input = {
+        block: block in structures and getattr(base_layer(module), "bias", None) is None
+        for block, module in (("attn_block", attn_module), ("mlp_block", mlp_module))
+    }
 
-    if "heads" in structures:
+    def block_scale(block: str):
+        if not z_on_input[block]:
+            return None
+        z = source.mask(block)
+        return None if z is None else z[0, layer]
+
+    def unit_mask(structure: str):
+        m = source.mask(structure)
+        if m is None or getattr(source, "mask_path", "merged") != "merged":  # "frozen": a method masks W x
+            return None
+        return m[layer]
+
+    if "heads" in structures or z_on_input["attn_block"]:
+        use_heads = "heads" in structures
 
         def head_pre_hook(module, args):
-            m = source.mask("heads")
-            if m is None or getattr(source, "mask_path", "merged") != "merged":  # "frozen": a method masks W x
-                return None
+            m = unit_mask("heads") if use_heads else None
+            z = block_scale("attn_block")
             x = args[0]  # (..., head_units · head_width)
-            masked = source.multiply(x.view(*x.shape[:-1], head_units, head_width), m[layer][:, None])
+            if m is None:
+                return None if z is None else (source.multiply(x, z),) + tuple(args[1:])
+            factor = m[:, None] if z is None else m[:, None] * z
+            masked = source.multiply(x.view(*x.shape[:-1], head_units, head_width), factor)
             return (masked.view_as(x),) + tuple(args[1:])
 
         hooks.append((attn_path, attn_module, attn_module.register_forward_pre_hook(head_pre_hook)))
 
-    if "ffn" in structures:
+    if "ffn" in structures or z_on_input["mlp_block"]:
+        use_ffn = "ffn" in structures
 
         def ffn_pre_hook(module, args):
-            m = source.mask("ffn")
-            if m is None or getattr(source, "mask_path", "merged") != "merged":  # "frozen": a method masks W x
-                return None
-            return (source.multiply(args[0], m[layer]),) + tuple(args[1:])
+            m = unit_mask("ffn") if use_ffn else None
+            z = block_scale("mlp_block")
+            factor = m if z is None else (z if m is None else m * z)
+            return None if factor is None else (source.multiply(args[0], factor),) + tuple(args[1:])
 
         hooks.append((mlp_path, mlp_module, mlp_module.register_forward_pre_hook(ffn_pre_hook)))
 
     for block, path, module in (("attn_block", attn_path, attn_module), ("mlp_block", mlp_path, mlp_module)):
-        use_block = block in structures
+        use_block = block in structures and not z_on_input[block]
         use_hidden = hidden_on_writes and "hidden" in structures
         if not (use_block or use_hidden):
             continue
