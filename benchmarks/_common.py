@@ -14,7 +14,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def llama(hidden=256, layers=4, heads=8, kv_heads=4, ffn=688, vocab=2000, seed=0, dtype=torch.float32):
+def llama(hidden=256, layers=4, heads=8, kv_heads=4, ffn=688, vocab=2000, seed=0, dtype=torch.float32, device="cpu"):
+    """A Llama-shaped causal LM from a config (no download), initialised directly on ``device``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -28,7 +29,8 @@ def llama(hidden=256, layers=4, heads=8, kv_heads=4, ffn=688, vocab=2000, seed=0
         vocab_size=vocab,
         max_position_embeddings=4096,
     )
-    return LlamaForCausalLM(cfg).to(dtype)
+    with torch.device(device):
+        return LlamaForCausalLM(cfg).to(dtype)
 
 
 def lora(model, r=8):

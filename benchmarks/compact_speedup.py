@@ -30,7 +30,7 @@ CASES = {
 
 def build(case, shape, dtype, device):
     structures, keep, uniform = case
-    model = llama(seed=0, dtype=torch.float32, **shape).eval()
+    model = llama(seed=0, dtype=torch.float32, device=device, **shape).eval()
     if keep is not None:
         specs = {"heads": shape["kv_heads"], "ffn": shape["ffn"], "hidden": shape["hidden"]}
         keep_units = {s: max(1, int(round(specs[s] * f))) for s, f in keep.items()}
@@ -43,14 +43,14 @@ def build(case, shape, dtype, device):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for gate in pruner.gates.values():
-            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=gen))
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=gen).to(gate.log_alpha.device))
             if keep is None:  # P(kept) from ~0.25 (first layer) to ~0.75 (last): non-uniform counts
                 rows = gate.log_alpha.shape[0]
                 bias = torch.linspace(-2.6, 0.4, rows)[:, None]
-                gate.log_alpha.add_(bias)
+                gate.log_alpha.add_(bias.to(gate.log_alpha.device))
     compact = pruner.export()
     report = pruner.last_report
-    dense = llama(seed=0, dtype=torch.float32, **shape).eval()
+    dense = llama(seed=0, dtype=torch.float32, device=device, **shape).eval()
     return dense.to(device, dtype), compact.to(device, dtype), report
 
 

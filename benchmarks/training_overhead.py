@@ -56,7 +56,7 @@ def main() -> None:
     models, pruners, optimizers = {}, {}, {}
     variants = METHODS if args.methods else VARIANTS
     for name in ["plain", *variants]:
-        model = lora(llama(seed=0, dtype=dtype, **shape)).to(device)
+        model = lora(llama(seed=0, dtype=dtype, device=device, **shape)).to(device)
         if name != "plain":
             pruners[name] = lp.attach(model, variants[name]())
             groups = pruners[name].param_groups(lr=1e-4)
