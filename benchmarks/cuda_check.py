@@ -61,8 +61,9 @@ def run(name: str, dtype: torch.dtype, device: torch.device, steps: int) -> str:
     tolerance = HALF_PRECISION_RTOL.get(dtype, pruner.config.export_rtol)
     relative = report.max_abs_diff / report.reference_scale
     ok = fp32_state and finite and on_device and relative <= tolerance
+    kept = report.params_after / report.params_before
     return (
-        f"{name:<22}{str(dtype).removeprefix('torch.'):>10}{train_s:>9.1f}{report.params_after / report.params_before:>9.1%}"
+        f"{name:<22}{str(dtype).removeprefix('torch.'):>10}{train_s:>9.1f}{kept:>9.1%}"
         f"{relative:>12.2e}{tolerance:>10.0e}{str(fp32_state):>7}{str(on_device):>8}   {'ok' if ok else 'FAIL'}"
     )
 
