@@ -40,17 +40,21 @@ def lora(model, r=8):
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
 
 
-def interleaved_median(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each function, run round-robin so machine noise hits every variant alike."""
+def interleaved_median(fns: dict, repeats: int, warmup: int = 2, clock=time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each function, run round-robin so machine noise hits every variant alike.
+
+    ``clock=time.thread_time`` counts the CPU time of the calling thread only (use with
+    ``torch.set_num_threads(1)``): the work a step does, unaffected by other processes on a shared machine.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -202,8 +202,44 @@ def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
     )
 
 
-#: Our methods, by registered name. A new method that supports BERT is one entry here.
-METHODS: dict[str, MethodEntry] = {"l0": MethodEntry(_l0_config, _train_with_callback)}
+def _ste_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    """Straight-through binary gates: the export mask is the training mask, so only the Lagrangian meets the budget."""
+    return lp.STEConfig(
+        target_sparsity=sparsity,
+        structures=("heads", "ffn"),
+        warmup_steps=max(1, int(cfg.steps * 0.4)),
+        lagrangian_lr=0.01,
+        flops_seq_len=cfg.max_length,
+    )
+
+
+def _polarization_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    """Scale gates under the polarization regulariser; the decision cuts at the budget (not the valley)."""
+    return lp.PolarizationConfig(
+        target_sparsity=sparsity,
+        structures=("heads", "ffn"),
+        warmup_steps=max(1, int(cfg.steps * 0.4)),
+        decision="target",
+        flops_seq_len=cfg.max_length,
+    )
+
+
+def _l0_distill_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    """L0 plus self-distillation: the same model with its gates off is the teacher (no second copy)."""
+    config = _l0_config(sparsity, cfg)
+    config.distill_weight = 1.0
+    return config
+
+
+#: Our methods, by name (a registered method, or ``method+variant``). A method that supports BERT is one entry
+#: here. Not here: ``compresso`` (needs a LoRA-wrapped base: a different training budget from full fine-tuning),
+#: ``atp`` and ``pat`` (their LoRA layout and hidden-stream modules are Llama-family only).
+METHODS: dict[str, MethodEntry] = {
+    "l0": MethodEntry(_l0_config, _train_with_callback),
+    "l0+distill": MethodEntry(_l0_distill_config, _train_with_callback),
+    "ste": MethodEntry(_ste_config, _train_with_callback),
+    "polarization": MethodEntry(_polarization_config, _train_with_callback),
+}
 
 
 def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
@@ -311,7 +347,7 @@ def unbenchmarked_methods(model_fn: Callable[[], nn.Module]) -> dict[str, str]:
 def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=print) -> list[Row]:
     """Every row of the table, trained one after the other, then timed side by side."""
     jobs: list[tuple[str, str, float, Callable[[nn.Module], nn.Module]]] = [("dense", "dense", 0.0, lambda m: m)]
-    names = cfg.methods or tuple(n for n in METHODS if n in lp.methods.available_methods())
+    names = cfg.methods or tuple(n for n in METHODS if n.split("+")[0] in lp.methods.available_methods())
     for sparsity in cfg.sparsities:
         for name in names:
             entry = METHODS[name]
@@ -482,6 +518,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (overrides the mode's)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="our rows (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import lightning.pytorch  # noqa: F401 - configures its logger on import; quieten it afterwards
@@ -496,6 +533,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         cfg.steps = args.steps
     if args.sparsities is not None:
         cfg.sparsities = tuple(args.sparsities)
+    if args.methods is not None:
+        cfg.methods = tuple(args.methods)
     from quality_data import source_versions
 
     model_fn, task = minilm_task(cfg, n_train, n_test)
@@ -504,6 +543,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         f"{task.num_labels} classes; {cfg.steps} steps of batch {cfg.batch_size}x{cfg.max_length} per row"
     )
     for name, why in unbenchmarked_methods(model_fn).items():
+        if name.split("+")[0] in {n.split("+")[0] for n in METHODS}:
+            continue
         print(f"  method {name!r} skipped: {why}")
     rows = run(model_fn, task, cfg)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,14 @@ def _tiny_bert():
 def rows():
     torch.set_num_threads(1)
     cfg = quality.BenchConfig(
-        steps=4, batch_size=8, max_length=12, sparsities=(0.5,), prune_at=0.5, taylor_batches=1, latency_repeats=2
+        steps=4,
+        batch_size=8,
+        max_length=12,
+        sparsities=(0.5,),
+        prune_at=0.5,
+        taylor_batches=1,
+        latency_repeats=2,
+        methods=("l0",),
     )
     return quality.run(_tiny_bert, _tiny_task(), cfg, log=lambda *_: None)
 
@@ -71,6 +78,27 @@ def test_structured_rows_are_smaller(rows):
     # torch-pruning removed whole heads (2 of 4) and kept the hidden size
     attention = two_stage.model.bert.encoder.layer[0].attention.self
     assert (attention.num_attention_heads, attention.query.out_features, attention.query.in_features) == (2, 16, 32)
+
+
+@pytest.mark.parametrize("name", sorted(set(quality.METHODS) - {"l0"}))
+def test_every_method_entry_trains_and_exports_at_the_budget(name):
+    """Each of our rows (besides l0, above) trains through the callback and exports a smaller model; rows whose
+    masks are matched to the target (all but STE, whose export mask is its training mask) export at the budget."""
+    torch.set_num_threads(1)
+    cfg = quality.BenchConfig(steps=6, batch_size=8, max_length=12, sparsities=(0.5,), prune_at=0.5)
+    entry = quality.METHODS[name]
+    torch.manual_seed(0)
+    dense = _tiny_bert()
+    config = entry.config(0.5, cfg)
+    compact = entry.train(_tiny_bert(), config, _tiny_task(), cfg)
+    dense_linear, _ = quality._linear_stats(dense)
+    compact_linear, _ = quality._linear_stats(compact)
+    if config.match_target:
+        assert 1 - compact_linear / dense_linear == pytest.approx(0.5, abs=0.1)
+    else:
+        assert compact_linear <= dense_linear
+    ids = torch.randint(5, 100, (2, 12))
+    assert compact(input_ids=ids).logits.shape == (2, 2)
 
 
 def test_model_pruning_keeps_parameter_count(rows):
