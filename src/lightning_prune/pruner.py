@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import ModelAdapter, resolve_adapter
 from lightning_prune.adapters.base import check_prunable_weights
@@ -141,6 +142,7 @@ class Pruner:
         self.phase = "prune"
         self._masks: dict[str, torch.Tensor] | None = None
         self._cache: dict[str, Any] = {}
+        self._derived: dict[str, Any] = {}  # key -> compute(): values derived from the masks, see `derive`
         self._deterministic_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
         self.last_terms: dict[str, float] = {}
         self.last_report: ExportReport | None = None
@@ -157,10 +159,7 @@ class Pruner:
         self.mask_sampling: bool | None = None
         root = self.adapter.root_module()
         self._handles = [root.register_forward_pre_hook(self._refresh)]
-        hooked = self.adapter.install_hooks(self, config.adapter_hook_structures(set(self.specs)))
-        hooked += config.install_hooks(self)  # a method's own hooks (none by default)
-        self._hooked = [(path, module) for path, module, _ in hooked]
-        self._handles += [handle for _, _, handle in hooked]
+        self._handles += self._install_mask_hooks()
         if self.distiller is not None:
             self._handles += self.distiller.install()
         log.info(
@@ -178,7 +177,27 @@ class Pruner:
     def gates(self) -> nn.ModuleDict:
         return self.state.gates
 
+    def _install_mask_hooks(self) -> list[RemovableHandle]:
+        """The adapter's and the method's mask hooks (closures over this pruner); records what they hook."""
+        self._derived = {}
+        hooked = self.adapter.install_hooks(self, self.config.adapter_hook_structures(set(self.specs)))
+        hooked += self.config.install_hooks(self)  # a method's own hooks (none by default)
+        self._hooked = [(path, module) for path, module, _ in hooked]
+        self._mask_handles = [handle for _, _, handle in hooked]
+        return self._mask_handles
+
+    def _rehook_copy(self) -> None:
+        """A deep copy of the model carries the original's hook *functions* (``copy`` shares functions), which
+        would read the original pruner's masks. The copied pruner replaces them with its own before the copy's
+        first forward runs a single block."""
+        mask_handles = {id(h) for h in self._mask_handles}
+        for handle in self._mask_handles:
+            handle.remove()
+        self._handles = [h for h in self._handles if id(h) not in mask_handles] + self._install_mask_hooks()
+
     def _refresh(self, module: nn.Module, args: Any) -> None:
+        if self.__dict__.pop("_is_copy", False):
+            self._rehook_copy()
         self._cache.clear()
         if self.phase == "dense":
             self._masks = None
@@ -186,6 +205,21 @@ class Pruner:
             self._masks = self._sample_masks()
         else:
             self._masks = self.deterministic_masks()
+        # Everything derived from the masks is computed here, at the root module's pre-hook: outside any
+        # checkpointed block, so gradient checkpointing's recomputation runs exactly the ops of the first pass.
+        for key in self._derived:
+            self.cached(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave out this forward pass's masks and derived values (non-leaf tensors that
+        ``copy.deepcopy`` cannot copy): a copied model samples its own at its next forward."""
+        state = self.__dict__.copy()
+        state.update(_cache={}, _masks=None, _deterministic_cache=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._is_copy = True  # its modules still hold the original's hook closures: see `_rehook_copy`
 
     def _sample_masks(self) -> dict[str, torch.Tensor]:
         if self.sample_seed is None:
@@ -211,9 +245,16 @@ class Pruner:
             return mask_mul(x, mask)
         return x * mask.to(dtype=x.dtype, device=x.device)
 
-    def cached(self, key: str, compute) -> Any:
+    def derive(self, key: str, compute) -> None:
+        """Register a value derived from the masks (``compute()``), computed once per forward pass before the
+        model runs; hooks read it with :meth:`cached`."""
+        self._derived[key] = compute
+
+    def cached(self, key: str, compute=None) -> Any:
+        """The value ``key`` for this forward pass: registered with :meth:`derive`, or computed by ``compute`` on
+        first use (lazily: inside a checkpointed block prefer :meth:`derive`)."""
         if key not in self._cache:
-            self._cache[key] = compute()
+            self._cache[key] = (compute or self._derived[key])()
         return self._cache[key]
 
     def keep_counts(self, structure: str) -> torch.Tensor:
@@ -354,8 +395,10 @@ class Pruner:
         last checkpoint intact instead of training (and later exporting) NaN gates.
         """
         if torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all()):
-            where = f"global step {step} (pruning step {self.pruning_step})" if step is not None else (
-                f"pruning step {self.pruning_step}"
+            where = (
+                f"global step {step} (pruning step {self.pruning_step})"
+                if step is not None
+                else (f"pruning step {self.pruning_step}")
             )
             raise NonFiniteError(
                 f"The {what} is {loss.detach().float().flatten()[0].item()} at {where}; training stopped before it "
@@ -560,9 +603,7 @@ def _binary(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: (m != 0).to(m.dtype) for name, m in masks.items()}
 
 
-def attach(
-    model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None
-) -> Pruner:
+def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None) -> Pruner:
     """Attach trainable gates to ``model`` according to ``config`` and return the :class:`Pruner`.
 
     Args:

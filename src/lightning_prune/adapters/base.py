@@ -26,8 +26,12 @@ class MaskSource(Protocol):
     def mask(self, structure: str) -> torch.Tensor | None:
         """The current ``(rows, units)`` mask of ``structure``, or ``None`` when it is not applied."""
 
-    def cached(self, key: str, compute) -> Any:
-        """A value derived from the current masks, computed once per forward pass."""
+    def derive(self, key: str, compute) -> None:
+        """Register ``compute()``, a value derived from the masks, to be computed once per forward pass before the
+        model runs (outside any gradient-checkpointed block, so recomputation repeats the same ops)."""
+
+    def cached(self, key: str, compute=None) -> Any:
+        """The value registered under ``key`` with :meth:`derive` for the current forward pass."""
 
     def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x * mask`` (broadcast), through the memory-lean op when the gate kinds allow it."""

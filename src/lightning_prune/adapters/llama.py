@@ -199,19 +199,22 @@ class LlamaAdapter(ModelAdapter):
                 return None if m is None else torch.sqrt(d / m[0].sum().clamp_min(1e-6))
 
             def norm_input_mask() -> torch.Tensor | None:
-                scale = source.cached("hidden_norm_scale", norm_scale)
+                scale = source.cached("hidden_norm_scale")
                 return None if scale is None else source.mask("hidden")[0] * scale
+
+            source.derive("hidden_norm_scale", norm_scale)
+            source.derive("hidden_norm_input_mask", norm_input_mask)
 
             # RMSNorm(c·m⊙x)/c with c = sqrt(d/Σm) is the RMS norm over the kept dims only (0 elsewhere), which
             # is exactly what the compact model's norm computes with the same weights and eps.
             def norm_pre_hook(module, args):
-                factor = source.cached("hidden_norm_input_mask", norm_input_mask)
+                factor = source.cached("hidden_norm_input_mask")
                 if factor is None:
                     return None
                 return (source.multiply(args[0], factor),) + tuple(args[1:])
 
             def norm_post_hook(module, args, output):
-                scale = source.cached("hidden_norm_scale", norm_scale)
+                scale = source.cached("hidden_norm_scale")
                 return output if scale is None else source.multiply(output, 1.0 / scale)
 
             norms = [(f"{p}norm", self.backbone.norm)]
