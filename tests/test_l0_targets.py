@@ -141,3 +141,14 @@ def test_counts_larger_than_the_model_are_refused_at_attach():
     with pytest.raises(PruningConfigError, match="exceeds the 96 units"):
         lp.attach(model, lp.L0Config(structures=("ffn",), target_architecture={"ffn": 97}))
     assert not hasattr(model, "pruning_gates")  # nothing was attached
+
+
+def test_export_report_states_the_target_architecture_sparsity():
+    """A target architecture implies a sparsity; the report says it (not the unused ``target_sparsity=0``)."""
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.L0Config(target_architecture={"heads": 2, "ffn": 48}))
+    implied = pruner.final_target()
+    pruner.export()
+    assert pruner.last_report.target_sparsity == pytest.approx(implied)
+    assert pruner.last_report.target_sparsity == pytest.approx(pruner.last_report.exact_sparsity, abs=1e-6)
+    assert 0.3 < implied < 0.7

@@ -496,8 +496,15 @@ class Pruner:
         return out
 
     def current_target(self) -> float:
+        """The sparsity the method's schedule asks for now (during a target warm-up: part of the final one)."""
         schedule = getattr(self.state.regularizer, "current_target", None)
         return float(schedule(self.pruning_step)) if schedule else self.config.target_sparsity
+
+    def final_target(self) -> float:
+        """The sparsity the method aims at in the end: ``target_sparsity``, or the sparsity implied by a target
+        architecture (L0's ``target_architecture``, PAT's ``target_hidden_size``)."""
+        schedule = getattr(self.state.regularizer, "current_target", None)
+        return float(schedule(2**62)) if schedule else self.config.target_sparsity  # past any warm-up
 
     # -- export --------------------------------------------------------------------------------------
     def export(self, check: bool = True) -> nn.Module:
@@ -519,7 +526,7 @@ class Pruner:
             adapter=self.adapter.name,
             method=self.config.method_name,
             structures=list(self.specs),
-            target_sparsity=self.config.target_sparsity,
+            target_sparsity=self.final_target(),
             exact_sparsity=float(self.cost.sparsity(_binary(masks), self.config.target)),
             params_before=int(self.cost.dense_params),
             params_after=int(round(float(params_after))),

@@ -43,7 +43,7 @@ class ExportReport:
             f"params {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_after / max(self.params_before, 1):.1%}), FLOPs/token "
             f"{self.flops_per_token_after / max(self.flops_per_token_before, 1):.1%} of dense, "
-            f"prunable sparsity {self.exact_sparsity:.3f} (target {self.target_sparsity}), "
+            f"prunable sparsity {self.exact_sparsity:.3f} (target {self.target_sparsity:.3f}), "
             f"{'uniform' if self.uniform else 'per-layer'} shapes, {check}"
         )
 
