@@ -70,6 +70,23 @@ def test_uniform_export_loads_with_plain_from_pretrained(tmp_path):
     assert torch.allclose(_logits(lp.load_compact(path)), _logits(compact), atol=1e-6)
 
 
+@pytest.mark.parametrize("structures", [("hidden",), ("heads", "ffn", "hidden")], ids=["hidden", "heads+ffn+hidden"])
+def test_uniform_export_with_a_pruned_hidden_size_is_a_standard_checkpoint(tmp_path, structures):
+    """transformers rejects a hidden size that is not a multiple of the heads: ``uniform=True`` rounds the kept
+    hidden dims to the nearest multiple of the kept heads, so the result still loads with plain from_pretrained."""
+    model = with_lora(tiny_causal_lm("llama"))
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.3, structures=structures, uniform=True))
+    randomize_gates(pruner, seed=1)  # 41 hidden dims would be kept unrounded: not a multiple of 8 heads
+    compact = pruner.export()
+    assert pruner.last_report.uniform
+    heads = compact.config.num_attention_heads
+    assert compact.config.hidden_size % heads == 0 and compact.config.hidden_size < 64
+    path = pruner.save_compact(tmp_path / "compact", compact=compact)
+    cls, logits = _load_elsewhere(path, trust_remote_code=False)
+    assert cls == "LlamaForCausalLM"
+    assert torch.allclose(logits, _logits(compact), atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_per_layer_export_loads_with_trust_remote_code_and_load_compact(tmp_path, family):
     model = tiny_causal_lm(family)

@@ -286,6 +286,9 @@ class Pruner:
         masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
         if self.config.match_target and self.phase != "dense":
             masks = self._match_target(masks)
+        if self.config.uniform:  # a shape the family's standard config can express
+            scores = {name: gate.score().detach() for name, gate in self.gates.items()}
+            masks = self.adapter.uniform_masks(masks, scores, set(self.config.keep_units))
         masks = {name: self.gates[name].eval_values(m) for name, m in masks.items()}  # e.g. γ · binary (polarization)
         self._deterministic_cache = (key, masks)
         return masks

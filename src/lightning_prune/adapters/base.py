@@ -178,6 +178,14 @@ class ModelAdapter(abc.ABC):
     def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random inputs for the equivalence check."""
 
+    def uniform_masks(
+        self, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], fixed: set[str]
+    ) -> dict[str, torch.Tensor]:
+        """With ``uniform=True``: adjust the deterministic masks so the family's own config can express the
+        result (e.g. Llama's hidden size must be a multiple of its attention heads). ``fixed``: structures whose
+        counts the user set. Unchanged by default."""
+        return masks
+
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The tensor compared by the equivalence check (logits by default)."""
         out = model(**inputs)

@@ -176,6 +176,38 @@ class LlamaAdapter(ModelAdapter):
                 terms.append(CostTerm(name, Dim(numel)))
         return terms
 
+    def uniform_masks(
+        self, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], fixed: set[str]
+    ) -> dict[str, torch.Tensor]:
+        """``LlamaConfig`` insists that ``hidden_size`` is a multiple of ``num_attention_heads``: a uniform export
+        with a pruned hidden size keeps the nearest such multiple (the best-scored dims), so that it is a standard
+        checkpoint ``from_pretrained`` loads. Moves the hidden count by at most half the kept heads."""
+        hidden = masks.get("hidden")
+        if hidden is None or "hidden" in fixed:
+            return masks
+        heads = masks.get("heads")
+        q = int(heads[0].count_nonzero()) * self.n_rep if heads is not None else self.num_heads
+        kept = int(hidden[0].count_nonzero())
+        if q == 0 or kept % q == 0 or self._config_accepts(hidden_size=kept, num_attention_heads=q):
+            return masks
+        wanted = min(max(q, round(kept / q) * q), self.hidden_size // q * q)
+        score = scores["hidden"][0].float()
+        row = hidden[0] != 0
+        if wanted < kept:  # drop the lowest-scored kept dims
+            order = torch.argsort(torch.where(row, score, torch.full_like(score, float("inf"))))
+            change, value = order[: kept - wanted], 0.0
+        else:  # restore the best-scored pruned dims
+            order = torch.argsort(torch.where(row, torch.full_like(score, -float("inf")), score), descending=True)
+            change, value = order[: wanted - kept], 1.0
+        out = dict(masks)
+        out["hidden"] = hidden.clone()
+        out["hidden"][:, change] = value
+        return out
+
+    def _config_accepts(self, **values: int) -> bool:
+        """Whether the family's config class validates with ``values`` (Mistral/Qwen accept any hidden size)."""
+        return _standard_config(type(self.model.config), {**self.model.config.to_dict(), **values}) is not None
+
     # -- hooks -------------------------------------------------------------------------------------
     def root_module(self) -> nn.Module:
         return self.backbone
