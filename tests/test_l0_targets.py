@@ -152,3 +152,14 @@ def test_export_report_states_the_target_architecture_sparsity():
     assert pruner.last_report.target_sparsity == pytest.approx(implied)
     assert pruner.last_report.target_sparsity == pytest.approx(pruner.last_report.exact_sparsity, abs=1e-6)
     assert 0.3 < implied < 0.7
+
+
+def test_stats_log_every_structure_multiplier_under_its_own_name():
+    pruner = lp.attach(tiny_causal_lm("llama"), lp.L0Config(target_architecture={"heads": 2, "ffn": 48}))
+    with torch.no_grad():
+        for i, p in enumerate(pruner.multiplier_parameters()):
+            p.fill_(float(i + 1))
+    logged = {k: v for k, v in pruner.stats().items() if "lambda" in k}
+    assert len(logged) == len(pruner.multiplier_parameters()) == 4
+    assert sorted(logged.values()) == [1.0, 2.0, 3.0, 4.0]  # none overwritten by another structure's
+    assert {k.split("/")[-2] for k in logged} == {"heads", "ffn"}

@@ -491,8 +491,10 @@ class Pruner:
             "expected_params": float(exp_params),
             "expected_flops": float(exp_flops),
         }
-        for name, p in self.state.regularizer.named_parameters():
-            out[name.split(".")[-1]] = float(p)
+        scalars = [(name, p) for name, p in self.state.regularizer.named_parameters() if p.numel() == 1]
+        short = [name.split(".")[-1] for name, _ in scalars]
+        for (name, p), last in zip(scalars, short):  # "lambda_1"; "heads/lambda_1" when several structures have one
+            out[last if short.count(last) == 1 else name.replace(".", "/")] = float(p)
         for name, m in masks.items():
             out[f"kept/{name}"] = float(m.sum(-1).float().mean())
         out.update(self.last_terms)
