@@ -191,37 +191,28 @@ def _train_with_callback(model: nn.Module, config: lp.PruningConfig, task: Task,
     return callback.pruner.export()
 
 
-def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
-    return lp.L0Config(
+def _shared(sparsity: float, cfg: BenchConfig) -> dict[str, Any]:
+    """What every row of ours shares: the budget on heads + FFN channels, a target warm-up over 40% of the steps."""
+    return dict(
         target_sparsity=sparsity,
         structures=("heads", "ffn"),
         warmup_steps=max(1, int(cfg.steps * 0.4)),
-        gate_lr=0.1,
-        lagrangian_lr=0.01,
         flops_seq_len=cfg.max_length,
     )
+
+
+def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01)
 
 
 def _ste_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
     """Straight-through binary gates: the export mask is the training mask, so only the Lagrangian meets the budget."""
-    return lp.STEConfig(
-        target_sparsity=sparsity,
-        structures=("heads", "ffn"),
-        warmup_steps=max(1, int(cfg.steps * 0.4)),
-        lagrangian_lr=0.01,
-        flops_seq_len=cfg.max_length,
-    )
+    return lp.STEConfig(**_shared(sparsity, cfg), lagrangian_lr=0.01)
 
 
 def _polarization_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
     """Scale gates under the polarization regulariser; the decision cuts at the budget (not the valley)."""
-    return lp.PolarizationConfig(
-        target_sparsity=sparsity,
-        structures=("heads", "ffn"),
-        warmup_steps=max(1, int(cfg.steps * 0.4)),
-        decision="target",
-        flops_seq_len=cfg.max_length,
-    )
+    return lp.PolarizationConfig(**_shared(sparsity, cfg), decision="target")
 
 
 def _l0_distill_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
