@@ -25,10 +25,10 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _plant(pruner, truth: torch.Tensor) -> torch.nn.Module:
-    """Teacher: the attached model with the planted-pruned channels silenced at every mask point (the student
+def _plant(pristine: torch.nn.Module, pruner, truth: torch.Tensor) -> torch.nn.Module:
+    """Teacher: the model as attached with the planted-pruned channels silenced at every mask point (the student
     keeps them), so matching the teacher requires closing exactly those channels."""
-    teacher = copy.deepcopy(pruner.adapter.template)  # the model as attached, without gates or hooks
+    teacher = pristine
     modules = dict(teacher.named_modules())
     padded = torch.cat([truth, torch.ones(1)])
     with torch.no_grad():
@@ -47,12 +47,13 @@ def test_planted_channels_recovered_and_export_matches():
     config = lp.L0Config(
         structures=("channels",), target_sparsity=0.3, gate_lr=0.3, lagrangian_lr=0.01, warmup_steps=260
     )
+    pristine = copy.deepcopy(student)  # the model as attached, without gates or hooks
     pruner = lp.attach(student, config, example_inputs=image_batch())
     units = pruner.specs["channels"].units
     assert units == 12 + 12 + 8 + 8  # residual groups (stem/block1, down/block2) and the two blocks' inner channels
     truth = torch.ones(units)
     truth[torch.randperm(units, generator=torch.Generator().manual_seed(3))[: units // 2]] = 0.0
-    teacher = _plant(pruner, truth)
+    teacher = _plant(pristine, pruner, truth)
     own = {id(p) for p in pruner.state.parameters()}
     for p in student.parameters():
         p.requires_grad_(id(p) in own)  # only the gates (and λ) learn
@@ -138,3 +139,22 @@ def test_missing_example_inputs_and_unknown_models():
         lp.attach(tiny_causal_lm("llama"), lp.L0Config(), example_inputs=torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(lp.PruningConfigError, match="tensor or a tuple of tensors"):
         lp.attach(tiny_resnet(), lp.L0Config(structures=("channels",)), example_inputs={"x": image_batch()})
+
+
+def test_attach_keeps_no_second_copy_of_the_weights():
+    """The export template is weightless (meta tensors): attaching does not double a CNN's parameter memory."""
+    model = tiny_resnet(seed=0, classes=16)
+    pruner = lp.attach(model, lp.L0Config(structures=("channels",), target_sparsity=0.3), example_inputs=image_batch())
+    real = [t for t in pruner.adapter.__dict__.values() if isinstance(t, torch.nn.Module)]
+    assert real, "the adapter holds the export template"
+    for module in real:
+        on_cpu = [n for n, p in module.named_parameters() if p.device.type != "meta" and "pruning_gates" not in n]
+        if module is not model:
+            assert not on_cpu, f"a second copy of the weights: {on_cpu[:3]}"
+    randomize = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for gate in pruner.gates.values():
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=randomize) * 3)
+    compact = pruner.export()  # built from the template, filled from the live weights, then checked
+    assert pruner.last_report.params_after < pruner.last_report.params_before
+    assert all(p.device.type == "cpu" for p in compact.parameters())

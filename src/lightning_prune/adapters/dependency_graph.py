@@ -140,7 +140,7 @@ class DependencyGraphAdapter(ModelAdapter):
                 " (shapes the model accepts)."
             )
         self.inputs = tuple(t.detach() for t in _as_tuple(example_inputs))
-        self.template = copy.deepcopy(model)  # pristine copy: the compact model is built from it at export
+        self.template = _weightless_copy(model)  # the compact model is built from it at export
         graph = build_graph(model, self.inputs)
         self.groups = channel_groups(model, graph)
         if not self.groups:
@@ -352,7 +352,7 @@ class DependencyGraphAdapter(ModelAdapter):
         from lightning_prune.export.history import prune_by_groups
 
         compact = copy.deepcopy(self.template)
-        compact.load_state_dict(state, strict=True)
+        compact.load_state_dict(state, strict=True, assign=True)  # the meta tensors are replaced by the state's
         mask = masks.get(STRUCTURE)
         if mask is None:
             mask = torch.ones(1, self.units)
@@ -400,3 +400,17 @@ def _fold(module: nn.Module, values: torch.Tensor) -> None:
     module.weight.mul_(values.to(module.weight.dtype).view(shape))
     if module.bias is not None:
         module.bias.mul_(values.to(module.bias.dtype))
+
+
+def _weightless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s structure whose parameters and persistent buffers are on the ``meta`` device (no
+    memory): the export fills it with ``load_state_dict(..., assign=True)``. Non-persistent buffers, which no state
+    dict carries, are copied for real (they are small: anchors, index tables)."""
+    persistent = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) in persistent:
+            memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
