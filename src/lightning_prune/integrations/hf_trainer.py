@@ -118,17 +118,6 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         self._optimizer: torch.optim.Optimizer | None = None
         self._hooks: list[Any] = []
 
-    # -- public state ----------------------------------------------------------------------------------
-    @property
-    def pruner(self) -> Pruner | None:
-        """The :class:`~lightning_prune.Pruner` attached by :class:`PruningTrainer` (``None`` before)."""
-        return self._pruner
-
-    @property
-    def phase(self) -> str:
-        """The current phase: ``"dense"``, ``"prune"`` or ``"frozen"``."""
-        return self._phase
-
     # -- wiring (called by PruningTrainer) -------------------------------------------------------------
     def attach(self, model: nn.Module, base_seed: int = 0) -> Pruner:
         """Attach the gates to ``model`` (once; later calls with the same model return the same pruner)."""

@@ -193,17 +193,6 @@ class PruningCallback(Callback, PhaseSchedule):
         self._hooks: list[Any] = []
         self._optimizer: torch.optim.Optimizer | None = None
 
-    # -- public state ----------------------------------------------------------------------------------
-    @property
-    def pruner(self) -> Pruner | None:
-        """The :class:`~lightning_prune.Pruner` attached in ``setup`` (``None`` before)."""
-        return self._pruner
-
-    @property
-    def phase(self) -> str:
-        """The current phase: ``"dense"``, ``"prune"`` or ``"frozen"``."""
-        return self._phase
-
     # -- setup / teardown ------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -43,6 +43,18 @@ class PhaseSchedule:
     dense_steps: int
     freeze_after_steps: int | None
     seed: int | None
+    _pruner: Any
+    _phase: str
+
+    @property
+    def pruner(self) -> Any:
+        """The :class:`~lightning_prune.Pruner` this integration attached (``None`` before it did)."""
+        return self._pruner
+
+    @property
+    def phase(self) -> str:
+        """The current phase: ``"dense"``, ``"prune"`` or ``"frozen"``."""
+        return self._phase
 
     def _init_schedule(self, dense_steps: int, freeze_after_steps: int | None, seed: int | None) -> None:
         if not is_int(dense_steps) or dense_steps < 0:
