@@ -36,7 +36,7 @@ from lightning_prune.export.verify import check_equivalence
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
 from lightning_prune.ops import mask_mul
-from lightning_prune.structures import STRUCTURE_DOCS, StructureSpec
+from lightning_prune.structures import PER_LAYER_EXPORT_STRUCTURES, STRUCTURE_DOCS, StructureSpec
 
 log = logging.getLogger("lightning_prune")
 
@@ -116,11 +116,21 @@ class Pruner:
         unknown = [s for s in config.structures if s not in available]
         if unknown:
             described = "; ".join(f"{k}: {STRUCTURE_DOCS.get(k, '')}" for k in available)
+            known = "; ".join(f"{k}: {STRUCTURE_DOCS[k]}" for k in unknown if k in STRUCTURE_DOCS)
             raise PruningConfigError(
-                f"Unknown structure(s) {unknown} for the {self.adapter.name} adapter. Available: {list(available)} "
-                f"({described})."
+                f"Unknown structure(s) {unknown} for the {self.adapter.name} adapter"
+                f"{f' ({known})' if known else ''}. Available: {list(available)} ({described})."
             )
         self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
+        per_layer_only = sorted(PER_LAYER_EXPORT_STRUCTURES & set(self.specs))
+        if per_layer_only and config.uniform:
+            log.warning(
+                "lightning-prune: uniform=True keeps the same number of units in every layer, but %s exports need the "
+                "per-layer modeling file anyway (a standard config cannot describe pruned head dims: a subset of the "
+                "rotary frequencies and the original attention scaling). The export loads with load_compact or "
+                "from_pretrained(..., trust_remote_code=True).",
+                per_layer_only,
+            )
         for name, count in config.keep_units.items():
             if count > self.specs[name].units:
                 gqa = " (`heads` counts key/value groups, not query heads)" if name == "heads" else ""
@@ -354,8 +364,10 @@ class Pruner:
         last checkpoint intact instead of training (and later exporting) NaN gates.
         """
         if torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all()):
-            where = f"global step {step} (pruning step {self.pruning_step})" if step is not None else (
-                f"pruning step {self.pruning_step}"
+            where = (
+                f"global step {step} (pruning step {self.pruning_step})"
+                if step is not None
+                else (f"pruning step {self.pruning_step}")
             )
             raise NonFiniteError(
                 f"The {what} is {loss.detach().float().flatten()[0].item()} at {where}; training stopped before it "
@@ -560,9 +572,7 @@ def _binary(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: (m != 0).to(m.dtype) for name, m in masks.items()}
 
 
-def attach(
-    model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None
-) -> Pruner:
+def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None, example_inputs: Any = None) -> Pruner:
     """Attach trainable gates to ``model`` according to ``config`` and return the :class:`Pruner`.
 
     Args:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.gates import Gate
     from lightning_prune.pruner import Pruner
 
-#: Structures whose LoRA-aware forward ATP implements (the others have no frozen-path form yet).
-ATP_STRUCTURES = ("heads", "ffn")
+#: Structures whose LoRA-aware forward ATP implements (the others have no frozen-path form yet). The paper prunes
+#: FFN channels and the attention dims (``ffn``, ``qk_dims``, ``v_dims``); the default stays ``("heads", "ffn")``.
+ATP_STRUCTURES = ("heads", "ffn", "qk_dims", "v_dims")
 
 
 @register_method("atp")
