@@ -123,9 +123,10 @@ class Pruner:
             )
         self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
         per_layer_only = sorted(PER_LAYER_EXPORT_STRUCTURES & set(self.specs))
-        if per_layer_only and config.uniform:
+        if per_layer_only and (config.uniform or getattr(config, "target_architecture", None)):
             log.warning(
-                "lightning-prune: uniform=True keeps the same number of units in every layer, but %s exports need the "
+                "lightning-prune: uniform=True (or a target architecture) keeps the same number of units in every "
+                "layer, but %s exports need the "
                 "per-layer modeling file anyway (a standard config cannot describe pruned head dims: a subset of the "
                 "rotary frequencies and the original attention scaling). The export loads with load_compact or "
                 "from_pretrained(..., trust_remote_code=True).",
