@@ -368,7 +368,7 @@ def test_control_phase_state_resumes_from_the_state_dict():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"structures": ("heads", "hidden")}, r"ATP prunes \['heads', 'ffn'\].*'hidden'"),
+        ({"structures": ("heads", "hidden")}, r"ATP prunes \['heads', 'ffn', 'qk_dims', 'v_dims'\].*'hidden'"),
         ({"keep_units": {"ffn": 8}}, "keep_units"),
         ({"warmup_steps": 10}, "warm-up"),
         ({"control_steps": 0}, "control_steps"),

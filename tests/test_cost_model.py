@@ -23,10 +23,14 @@ def _models():
     return {"llama": tiny_causal_lm("llama"), "qwen2": tiny_causal_lm("qwen2"), "gpt2": gpt2, "bert": bert}
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2", "bert"])
-@pytest.mark.parametrize("structures", [ALL, ("ffn",), ("heads", "hidden")], ids=["all", "ffn", "heads+hidden"])
+HEAD_DIMS = ("heads", "qk_dims", "v_dims", "hidden", "attn_block")  # q rows = KV groups × n_rep × kept q/k dims
+CASES = [(n, s) for n in ("llama", "qwen2", "gpt2", "bert") for s in (ALL, ("ffn",), ("heads", "hidden"))]
+CASES += [("llama", HEAD_DIMS), ("qwen3", HEAD_DIMS)]
+
+
+@pytest.mark.parametrize("name,structures", CASES, ids=[f"{n}-{'+'.join(s)}" for n, s in CASES])
 def test_vectorised_sum_equals_the_per_term_definition(name, structures):
-    model = _models()[name]
+    model = tiny_causal_lm("qwen3") if name == "qwen3" else _models()[name]
     pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=structures))
     gen = torch.Generator().manual_seed(0)
     for binary in (True, False):

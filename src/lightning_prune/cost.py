@@ -28,17 +28,26 @@ class Dim:
         structure: name of the structure that controls it, or ``None`` for a fixed dimension.
         row: the structure row (layer) that controls it.
         unit_size: dims per unit (e.g. ``n_rep · head_dim`` query rows per KV group).
+        scaled_by: ``(structure, row, units)`` of further structures that each keep a fraction of this dimension
+            (the product of two per-layer structures, e.g. query rows = kept KV groups × ``n_rep`` × kept head
+            dims): the kept size is multiplied by ``Σ row / units`` for every such structure that is gated.
     """
 
     size: int
     structure: str | None = None
     row: int = 0
     unit_size: int = 1
+    scaled_by: tuple[tuple[str, int, int], ...] = ()
 
     def kept(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
         if self.structure is None or self.structure not in values:
-            return float(self.size)
-        return values[self.structure][self.row].sum() * self.unit_size
+            kept: torch.Tensor | float = float(self.size)
+        else:
+            kept = values[self.structure][self.row].sum() * self.unit_size
+        for structure, row, units in self.scaled_by:
+            if structure in values:  # multiply first: an integer count stays exact in float64
+                kept = kept * values[structure][row].sum() / units
+        return kept
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,8 @@ class CostModel:
 
         Per-row sums of all structures are concatenated into one vector ``S`` (``S[0] = 1``) and all values
         into ``V`` (``V[0] = 1``); a term's kept output dims are ``S[out_index] · out_scale`` (a fixed dim points
-        at ``S[0]`` with its size as the scale), its block-gate factor ``Π V[scalar_index]``.
+        at ``S[0]`` with its size as the scale), times ``Π S[*_extra_index] / *_extra_div`` for the structures
+        that scale it (:attr:`Dim.scaled_by`), and its block-gate factor ``Π V[scalar_index]``.
         """
         key = (shapes, str(device))
         if key in self._layouts:
@@ -129,15 +139,31 @@ class CostModel:
                 return 0, float(dim.size)
             return row_offset[dim.structure] + dim.row, float(dim.unit_size)
 
+        def extra(dim: Dim, width: int) -> tuple[list[int], float]:
+            gated = [(st, row, n) for st, row, n in dim.scaled_by if st in row_offset]
+            idx = [row_offset[st] + row for st, row, _ in gated]
+            div = 1.0
+            for _, _, n in gated:
+                div *= n
+            return idx + [0] * (width - len(idx)), div  # padding points at S[0] = 1
+
         width = max(1, max(len(t.scalars) for t in self.terms))
+        extra_width = max(1, max(max(len(t.out.scaled_by), len(t.inp.scaled_by)) for t in self.terms))
         out_i, out_s, in_i, in_s, scal = [], [], [], [], []
+        out_x, out_d, in_x, in_d = [], [], [], []
         for term in self.terms:
             i, scale = dim_index(term.out)
             out_i.append(i)
             out_s.append(scale)
+            idx, div = extra(term.out, extra_width)
+            out_x.append(idx)
+            out_d.append(div)
             i, scale = dim_index(term.inp)
             in_i.append(i)
             in_s.append(scale)
+            idx, div = extra(term.inp, extra_width)
+            in_x.append(idx)
+            in_d.append(div)
             idx = [flat_offset[st] + row * units[st] + unit for st, row, unit in term.scalars if st in flat_offset]
             scal.append(idx + [0] * (width - len(idx)))
 
@@ -149,6 +175,10 @@ class CostModel:
             "out_scale": tensor(out_s),
             "in_index": tensor(in_i, torch.long),
             "in_scale": tensor(in_s),
+            "out_extra_index": tensor(out_x, torch.long),
+            "out_extra_div": tensor(out_d),
+            "in_extra_index": tensor(in_x, torch.long),
+            "in_extra_div": tensor(in_d),
             "scalar_index": tensor(scal, torch.long),
             "bias": tensor([float(t.bias) for t in self.terms]),
             "params": tensor([float(t.params) for t in self.terms]),
@@ -170,7 +200,9 @@ class CostModel:
         row_sums = torch.cat([one] + [v.sum(-1).reshape(-1) for v in flat])
         all_values = torch.cat([one] + [v.reshape(-1) for v in flat])
         out = row_sums[layout["out_index"]] * layout["out_scale"]
+        out = out * row_sums[layout["out_extra_index"]].prod(-1) / layout["out_extra_div"]
         inp = row_sums[layout["in_index"]] * layout["in_scale"]
+        inp = inp * row_sums[layout["in_extra_index"]].prod(-1) / layout["in_extra_div"]
         factor = all_values[layout["scalar_index"]].prod(-1)
         n = out * inp * factor
         params = (n + layout["bias"] * out * factor) * layout["params"]

@@ -37,7 +37,7 @@ from lightning_prune.export.verify import check_equivalence
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
 from lightning_prune.ops import mask_mul
-from lightning_prune.structures import STRUCTURE_DOCS, StructureSpec
+from lightning_prune.structures import PER_LAYER_EXPORT_STRUCTURES, STRUCTURE_DOCS, StructureSpec
 
 log = logging.getLogger("lightning_prune")
 
@@ -117,11 +117,22 @@ class Pruner:
         unknown = [s for s in config.structures if s not in available]
         if unknown:
             described = "; ".join(f"{k}: {STRUCTURE_DOCS.get(k, '')}" for k in available)
+            known = "; ".join(f"{k}: {STRUCTURE_DOCS[k]}" for k in unknown if k in STRUCTURE_DOCS)
             raise PruningConfigError(
-                f"Unknown structure(s) {unknown} for the {self.adapter.name} adapter. Available: {list(available)} "
-                f"({described})."
+                f"Unknown structure(s) {unknown} for the {self.adapter.name} adapter"
+                f"{f' ({known})' if known else ''}. Available: {list(available)} ({described})."
             )
         self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
+        per_layer_only = sorted(PER_LAYER_EXPORT_STRUCTURES & set(self.specs))
+        if per_layer_only and (config.uniform or getattr(config, "target_architecture", None)):
+            log.warning(
+                "lightning-prune: uniform=True (or a target architecture) keeps the same number of units in every "
+                "layer, but %s exports need the "
+                "per-layer modeling file anyway (a standard config cannot describe pruned head dims: a subset of the "
+                "rotary frequencies and the original attention scaling). The export loads with load_compact or "
+                "from_pretrained(..., trust_remote_code=True).",
+                per_layer_only,
+            )
         for name, count in config.keep_units.items():
             if count > self.specs[name].units:
                 gqa = " (`heads` counts key/value groups, not query heads)" if name == "heads" else ""

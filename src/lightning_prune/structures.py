@@ -2,7 +2,8 @@
 
 A structure is a named family of coupled units that are removed together, e.g. ``heads`` (a head's
 query, key and value rows and its output-projection columns), ``ffn`` (an FFN channel: a gate/up row
-and a down-projection column) or ``hidden`` (one dimension of the residual stream in every layer).
+and a down-projection column), ``hidden`` (one dimension of the residual stream in every layer) or
+``qk_dims`` / ``v_dims`` (dims inside every head of a layer, ATP's attention-dim masks).
 Adapters say which structures a model supports and how many rows and units each has.
 """
 
@@ -18,7 +19,16 @@ STRUCTURE_DOCS: dict[str, str] = {
     "hidden": "hidden (embedding) dims shared by all layers: embedding, every residual write, norms, LM head",
     "attn_block": "whole attention blocks (one unit per layer)",
     "mlp_block": "whole MLP blocks (one unit per layer)",
+    "qk_dims": "query/key dims per layer, shared by all heads of the layer; one unit per RoPE pair (dims i and "
+    "i + head_dim/2 of every q and k head), so head_dim/2 units (Llama family)",
+    "v_dims": "value dims per layer, shared by all heads of the layer: v_proj rows and o_proj columns of every "
+    "head (Llama family)",
 }
+
+#: Structures whose compact models no standard config can describe (per-layer q/k and v head dims that differ
+#: from each other and from ``head_dim``, a subset of the rotary frequencies, the original attention scaling):
+#: their exports always use the per-layer modeling file, even with ``uniform=True``.
+PER_LAYER_EXPORT_STRUCTURES: frozenset[str] = frozenset({"qk_dims", "v_dims"})
 
 
 @dataclass(frozen=True)

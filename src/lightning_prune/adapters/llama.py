@@ -13,6 +13,8 @@ a hook on a LoRA-wrapped projection masks the merged ``(W + BA)`` path, which is
   ``RMSNorm(c·x) / c`` with ``c = sqrt(d / Σm)``, which equals the compact model's norm (same weights,
   same eps) exactly.
 * ``attn_block`` / ``mlp_block``: the outputs of ``o_proj`` / ``down_proj`` (a whole block's write).
+* ``qk_dims`` / ``v_dims``: dims inside every head of a layer (ATP's K/Q mask over RoPE pairs and V mask), see
+  :mod:`lightning_prune.adapters.head_dims`. Their exports always use the per-layer classes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import CompactState, MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.head_dims import install_head_dim_hooks, qk_dim_index
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
@@ -72,6 +75,8 @@ class LlamaAdapter(ModelAdapter):
             )
         self.n_rep = self.num_heads // self.num_kv_heads
         self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
+        #: Qwen3-style RMSNorms over head_dim on q and k (the qk_dims hooks then act at the norms)
+        self.qk_norms = getattr(self.layers[0].self_attn, "q_norm", None) is not None
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
         attn0, mlp0 = self.layers[0].self_attn, self.layers[0].mlp
@@ -112,6 +117,8 @@ class LlamaAdapter(ModelAdapter):
             "hidden": StructureSpec("hidden", 1, self.hidden_size, per_layer=False),
             "attn_block": StructureSpec("attn_block", 1, L, per_layer=False),
             "mlp_block": StructureSpec("mlp_block", 1, L, per_layer=False),
+            "qk_dims": StructureSpec("qk_dims", L, self.head_dim // 2),  # one unit per RoPE pair
+            "v_dims": StructureSpec("v_dims", L, self.head_dim),
         }
 
     def _has_bias(self, module: nn.Module) -> bool:
@@ -127,27 +134,37 @@ class LlamaAdapter(ModelAdapter):
         covered.add(f"{self.prefix}embed_tokens.weight")
         for l, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q = Dim(nh * hd, "heads", l, self.n_rep * hd)
-            kv = Dim(nkv * hd, "heads", l, hd)
+            qk, v = (("qk_dims", l, hd // 2),), (("v_dims", l, hd),)  # fractions of every head's dims
+            q = Dim(nh * hd, "heads", l, self.n_rep * hd, scaled_by=qk)
+            k = Dim(nkv * hd, "heads", l, hd, scaled_by=qk)
+            kv = Dim(nkv * hd, "heads", l, hd, scaled_by=v)
+            o_in = Dim(nh * hd, "heads", l, self.n_rep * hd, scaled_by=v)
             ffn = Dim(self.intermediate_size, "ffn", l, 1)
             a_gate = (("attn_block", 0, l),)
             m_gate = (("mlp_block", 0, l),)
             base = f"{self.prefix}layers.{l}."
             for name, out, inp in (
                 ("q_proj", q, hidden),
-                ("k_proj", kv, hidden),
+                ("k_proj", k, hidden),
                 ("v_proj", kv, hidden),
-                ("o_proj", hidden, q),
+                ("o_proj", hidden, o_in),
             ):
                 mod = getattr(attn, name)
                 terms.append(
                     CostTerm(f"layers.{l}.self_attn.{name}", out, inp, a_gate, self._has_bias(mod), True, True, 2.0)
                 )
                 covered.update({f"{base}self_attn.{name}.weight", f"{base}self_attn.{name}.bias"})
-            # attention scores and weighted values: 4 · T · (query dims) FLOPs per token, no parameters
+            # attention scores (2 · T · query/key dims) and weighted values (2 · T · value dims) per token, no params
             terms.append(
-                CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 4.0)
+                CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 2.0)
             )
+            terms.append(
+                CostTerm(f"layers.{l}.self_attn.values", o_in, Dim(flops_seq_len), a_gate, False, True, False, 2.0)
+            )
+            if self.qk_norms:  # Qwen3's q/k RMSNorms over head_dim keep the kept q/k dims only
+                for norm in ("q_norm", "k_norm"):
+                    terms.append(CostTerm(f"layers.{l}.self_attn.{norm}", Dim(hd, "qk_dims", l, 2)))
+                    covered.add(f"{base}self_attn.{norm}.weight")
             for name, out, inp in (("gate_proj", ffn, hidden), ("up_proj", ffn, hidden), ("down_proj", hidden, ffn)):
                 mod = getattr(mlp, name)
                 terms.append(CostTerm(f"layers.{l}.mlp.{name}", out, inp, m_gate, self._has_bias(mod), True, True, 2.0))
@@ -261,6 +278,7 @@ class LlamaAdapter(ModelAdapter):
 
         for l, layer in enumerate(self.layers):
             base = f"{p}layers.{l}."
+            hooks += install_head_dim_hooks(source, structures, l, f"{base}self_attn", layer.self_attn, self.head_dim)
             hooks += install_block_hooks(
                 source,
                 structures,
@@ -290,13 +308,21 @@ class LlamaAdapter(ModelAdapter):
         from lightning_prune.export.per_layer import build_per_layer_model  # local: avoids a cycle
 
         p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
-        L = self.num_layers
+        nh, nkv, L = self.num_heads, self.num_kv_heads, self.num_layers
         surgery = CompactState(state, masks)
         dev, mask_of = surgery.device, surgery.mask
         hidden_m, h_keep = surgery.hidden(d)
         d_new = int(h_keep.numel())
-        head_m, ffn_m = mask_of("heads", L, self.num_kv_heads), mask_of("ffn", L, self.intermediate_size)
+        head_m, ffn_m = mask_of("heads", L, nkv), mask_of("ffn", L, self.intermediate_size)
         attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
+        qk_m, v_m = mask_of("qk_dims", L, hd // 2), mask_of("v_dims", L, hd)
+        head_dims = "qk_dims" in masks or "v_dims" in masks
+        if self.qk_norms and "qk_dims" in masks and not bool(((qk_m == 0) | (qk_m == 1)).all()):
+            raise ValueError(
+                "The qk_dims mask must be binary at export on models with q/k RMSNorms (Qwen3): the norms run over "
+                "the kept dims, which a scaled mask cannot be folded through. Use a binary gate kind (L0Config, "
+                "ATPConfig, STEConfig) for qk_dims on this model."
+            )
 
         new, take, get, put = surgery.new, surgery.taken, surgery.get, surgery.put
 
@@ -308,17 +334,32 @@ class LlamaAdapter(ModelAdapter):
             base = f"{p}layers.{l}."
             a_scale, m_scale = attn_z[l], mlp_z[l]
             groups = (head_m[l] != 0).nonzero().flatten() if a_scale != 0 else head_m.new_zeros(0, dtype=torch.long)
-            q_rows = (groups[:, None] * nrep * hd + torch.arange(nrep * hd, device=dev)).flatten()
-            kv_rows = (groups[:, None] * hd + torch.arange(hd, device=dev)).flatten()
-            q_scale = head_m[l].repeat_interleave(nrep * hd)
-            for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            heads = (groups[:, None] * nrep + torch.arange(nrep, device=dev)).flatten()  # kept query heads
+            pairs = (qk_m[l] != 0).nonzero().flatten()
+            qk_idx, v_idx = qk_dim_index(pairs, hd), (v_m[l] != 0).nonzero().flatten()  # kept dims of a head
+            rows = {
+                "q_proj": (heads[:, None] * hd + qk_idx).flatten(),
+                "k_proj": (groups[:, None] * hd + qk_idx).flatten(),
+                "v_proj": (groups[:, None] * hd + v_idx).flatten(),
+            }
+            # q and k both carry the pair mask (q·k sees its square); with q/k norms it is binary (checked above)
+            qk_scale = qk_m[l].repeat(2) if "qk_dims" in masks and not self.qk_norms else None
+            for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
                 w, b = get(f"{base}self_attn.{name}.weight"), get(f"{base}self_attn.{name}.bias")
-                put(f"{base}self_attn.{name}.weight", w[rows][:, h_keep])
-                put(f"{base}self_attn.{name}.bias", None if b is None else b[rows])
+                if name != "v_proj" and qk_scale is not None:
+                    row_scale = qk_scale.repeat(n).to(w.dtype)
+                    w, b = w * row_scale[:, None], None if b is None else b * row_scale
+                put(f"{base}self_attn.{name}.weight", w[rows[name]][:, h_keep])
+                put(f"{base}self_attn.{name}.bias", None if b is None else b[rows[name]])
+            if self.qk_norms:
+                for norm in ("q_norm", "k_norm"):
+                    put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[qk_idx])
             w, b = get(f"{base}self_attn.o_proj.weight"), get(f"{base}self_attn.o_proj.bias")
             out_scale = (hidden_m * a_scale).to(w.dtype)
-            w = w * q_scale.to(w.dtype)[None, :] * out_scale[:, None]
-            put(f"{base}self_attn.o_proj.weight", w[h_keep][:, q_rows])
+            in_scale = head_m[l].repeat_interleave(nrep * hd) * v_m[l].repeat(nh)  # KV groups × value dims
+            w = w * in_scale.to(w.dtype)[None, :] * out_scale[:, None]
+            o_cols = (heads[:, None] * hd + v_idx).flatten()
+            put(f"{base}self_attn.o_proj.weight", w[h_keep][:, o_cols])
             put(f"{base}self_attn.o_proj.bias", None if b is None else (b * out_scale)[h_keep])
 
             channels = (ffn_m[l] != 0).nonzero().flatten() if m_scale != 0 else ffn_m.new_zeros(0, dtype=torch.long)
@@ -334,13 +375,14 @@ class LlamaAdapter(ModelAdapter):
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[h_keep])
             n_groups = int(groups.numel())
-            layer_shapes.append(
-                {
-                    "num_attention_heads": n_groups * nrep,
-                    "num_key_value_heads": n_groups,
-                    "intermediate_size": int(channels.numel()),
-                }
-            )
+            shape: dict[str, Any] = {
+                "num_attention_heads": n_groups * nrep,
+                "num_key_value_heads": n_groups,
+                "intermediate_size": int(channels.numel()),
+            }
+            if head_dims:  # the per-layer attention reads these (export/modeling_template.py.txt)
+                shape.update(qk_dim=int(qk_idx.numel()), v_dim=int(v_idx.numel()), rope_pairs=pairs.tolist())
+            layer_shapes.append(shape)
             # A block with nothing left becomes an empty module that keeps only its output bias.
             for block, empty in (("self_attn", n_groups == 0), ("mlp", channels.numel() == 0)):
                 if empty:
@@ -362,10 +404,16 @@ class LlamaAdapter(ModelAdapter):
         config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
         config.update(hidden_size=d_new, head_dim=hd)
         config_class = type(self.model.config)
-        uniform = all(s == layer_shapes[0] for s in layer_shapes) and all(
-            s["num_attention_heads"] > 0 and s["intermediate_size"] > 0 for s in layer_shapes
+        # Pruned head dims need the per-layer attention (rotary subset, original scaling, qk_dim ≠ v_dim): no standard
+        # config can hold them, whatever `uniform` asked for.
+        full_dims = all(s.get("qk_dim", hd) == hd and s.get("v_dim", hd) == hd for s in layer_shapes)
+        uniform = (
+            full_dims
+            and all(s == layer_shapes[0] for s in layer_shapes)
+            and all(s["num_attention_heads"] > 0 and s["intermediate_size"] > 0 for s in layer_shapes)
         )
-        standard = _standard_config(config_class, {**config, **layer_shapes[0]}) if uniform else None
+        counts = {k: layer_shapes[0][k] for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+        standard = _standard_config(config_class, {**config, **counts}) if uniform else None
         if standard is not None:
             with torch.device("cpu"):
                 compact = type(self.model)(standard)
@@ -394,10 +442,11 @@ def _standard_config(config_class: type, values: dict[str, Any]) -> Any | None:
         return None
 
 
-def layer_shape_summary(layer_shapes: list[dict[str, int]]) -> str:
-    """One line per layer: heads / kv heads / FFN channels."""
+def layer_shape_summary(layer_shapes: list[dict[str, Any]]) -> str:
+    """One line per layer: heads / kv heads / FFN channels (and q/k and v head dims when pruned)."""
     return "\n".join(
         f"layer {i:>3}: heads {s['num_attention_heads']:>4}  kv {s['num_key_value_heads']:>3}  "
         f"ffn {s['intermediate_size']:>6}"
+        + (f"  qk_dim {s['qk_dim']:>4}  v_dim {s['v_dim']:>4}" if "qk_dim" in s else "")
         for i, s in enumerate(layer_shapes)
     )

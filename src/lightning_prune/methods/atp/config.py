@@ -29,14 +29,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.gates import Gate
     from lightning_prune.pruner import Pruner
 
-#: Structures whose LoRA-aware forward ATP implements (the others have no frozen-path form yet).
-ATP_STRUCTURES = ("heads", "ffn")
+#: Structures whose LoRA-aware forward ATP implements (the others have no frozen-path form yet). The paper prunes
+#: FFN channels and the attention dims (``ffn``, ``qk_dims``, ``v_dims``); the default stays ``("heads", "ffn")``.
+ATP_STRUCTURES = ("heads", "ffn", "qk_dims", "v_dims")
 
 
 @register_method("atp")
 @dataclass
 class ATPConfig(PruningConfig):
     """ATP: a pruning-decision generator trained jointly with LoRA, budget loss, LoRA-aware group lasso.
+
+    Structures: any of ``"heads"``, ``"ffn"``, ``"qk_dims"`` and ``"v_dims"`` (Llama family). The paper's set is
+    ``("ffn", "qk_dims", "v_dims")``: FFN channels, a K/Q mask over head_dim (here over RoPE pairs, shared by every
+    head of a layer, see :mod:`lightning_prune.adapters.head_dims`) and a V mask over head_dim. The default stays
+    ``("heads", "ffn")`` (``PruningConfig``'s), so existing configs keep their meaning; pass
+    ``structures=("ffn", "qk_dims", "v_dims")`` for the paper's. Exports with pruned head dims use the per-layer
+    modeling file (a standard config cannot describe them).
 
     Args (in addition to :class:`~lightning_prune.PruningConfig`; defaults are the paper code's values):
         match_target: off by default: the budget loss, not a post-hoc correction, meets the target; on, eval
@@ -152,7 +160,8 @@ class ATPConfig(PruningConfig):
     # -- the LoRA-update forward ---------------------------------------------------------------------------
     def install_hooks(self, pruner: Pruner) -> list[tuple[str, nn.Module, Any]]:
         """Frozen-path masks: a forward hook on the base layer of every projection whose output rows a unit
-        owns (q/k/v for heads, gate/up for FFN channels) gives ``m ⊙ (W x + b) + B A x`` under peft's wrapper.
+        owns (q/k/v for heads, gate/up for FFN channels, q/k for ``qk_dims``, v for ``v_dims``) gives
+        ``m ⊙ (W x + b) + B A x`` under peft's wrapper.
         They act only while ``pruner.mask_path == "frozen"`` (ATP's LoRA update); otherwise the adapter's
         usual hooks mask the merged path."""
         hooks = []

@@ -10,6 +10,8 @@ From Lu et al., "All-in-One Tuning and Structural Pruning for Domain-Specific LL
 * **LoRA-aware group lasso** (LoRA update): the LoRA rows/columns that feed a pruned unit, which the frozen-path
   mask does not cover, are pushed to zero:
   ``GL = Σ_pruned ‖B_q,k,v,gate,up[c, :]‖ + ‖A_o,down[:, c]‖``, ``‖v‖ = sqrt(Σv² + 1e-8)``, averaged over layers.
+  For the attention dims: a pruned ``qk_dims`` pair owns two ``B`` rows of q and of k in every head, a pruned
+  ``v_dims`` dim a ``B`` row of v in every KV head and an ``A`` column of o_proj in every query head.
   Once they are exactly zero, the merged ``W + BA`` restricted to kept units computes what the LoRA update
   trained, so slicing it changes nothing.
 """

@@ -1,0 +1,124 @@
+"""Dims inside every head of a layer: ATP's K/Q and V masks over ``head_dim`` (Lu et al., arXiv 2412.14426).
+
+Two per-layer structures of RoPE attention (the Llama family):
+
+* ``qk_dims``: one mask per layer over the query/key dims, shared by every query head and every KV head (so
+  GQA stays valid). HF's ``rotate_half`` rotates dim ``i`` with dim ``i + head_dim/2``, so the unit is the
+  **pair**: ``head_dim/2`` units, unit ``j`` masks dims ``j`` and ``j + head_dim/2`` of every q and k head.
+  Masking both members of a pair before RoPE is exact (RoPE only mixes within a pair), and a dim that is zero
+  in q (and k) adds nothing to ``q·k``: the same as deleting it from the dot product. The scaling stays the
+  original ``1/sqrt(head_dim)``.
+* ``v_dims``: one mask per layer over the value dims, shared by every head: ``v_proj`` rows and ``o_proj``
+  columns of every head. Attention is linear in ``v`` per dim, so the mask acts at ``o_proj``'s input (which
+  ``o_proj`` saves anyway), like ``heads``.
+
+Where the ``qk_dims`` mask acts in the forward (hooks, so peft LoRA wrappers keep working):
+
+* plain q/k (Llama, Mistral, Qwen2): the outputs of ``q_proj`` and ``k_proj``, before RoPE;
+* q/k RMSNorms over ``head_dim`` (Qwen3): masking before the norm changes the norm's statistics and masking
+  after it keeps the pruned rows alive (the norm still reads them). The hooks instead make the norm run over the
+  kept dims only, as the ``hidden`` structure does for the residual stream: ``RMSNorm(c·m⊙x)/c`` with
+  ``c = sqrt(head_dim / kept dims)`` equals the compact model's norm over the kept dims (same weight slice, same
+  eps) exactly, and its output is 0 at pruned dims. Exports then need binary masks.
+
+The compact layout of a head's kept q/k dims is ``[kept first halves, their partner second halves]``, so the
+compact ``rotate_half`` pairs the same dims; the compact attention reads the rotary ``cos``/``sin`` at those
+indices (:func:`qk_dim_index`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_prune.adapters.base import MaskSource
+
+Hooks = list[tuple[str, nn.Module, RemovableHandle]]
+
+
+def pair_units(head_dim: int) -> torch.Tensor:
+    """The ``qk_dims`` unit of each of a head's dims: ``d mod head_dim/2`` (``rotate_half``'s pairing)."""
+    return torch.arange(head_dim) % (head_dim // 2)
+
+
+def qk_dim_index(pairs: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """A head's kept q/k dims in compact order: the kept pairs' first members, then their partners."""
+    return torch.cat([pairs, pairs + head_dim // 2])
+
+
+def _merged(source: MaskSource) -> bool:
+    # "frozen": a method masks the frozen path W x itself (ATP's LoRA update); the adapter's hooks stand aside
+    return getattr(source, "mask_path", "merged") == "merged"
+
+
+def install_head_dim_hooks(
+    source: MaskSource,
+    structures: set[str],
+    layer: int,
+    base: str,
+    attn: nn.Module,
+    head_dim: int,
+) -> Hooks:
+    """Hooks of ``qk_dims`` / ``v_dims`` for one attention block.
+
+    Args:
+        source: where masks come from (the pruner).
+        structures: the gated structures.
+        layer: the block's row in the per-layer structures.
+        base: module path of the attention block (``"model.layers.3.self_attn"``).
+        attn: the attention block (``q_proj`` … ``o_proj``, optionally ``q_norm`` / ``k_norm``).
+        head_dim: the original head dim.
+    """
+    hooks: Hooks = []
+
+    def pair_factor() -> torch.Tensor | None:  # (head_dim,): the layer's pair mask on both halves
+        m = source.mask("qk_dims")
+        return None if m is None else m[layer].repeat(2)
+
+    if "qk_dims" in structures and getattr(attn, "q_norm", None) is not None:
+
+        def norm_scale() -> torch.Tensor | None:
+            m = source.mask("qk_dims")
+            return None if m is None else torch.sqrt(head_dim / (2 * m[layer].sum()).clamp_min(1e-6))
+
+        def norm_pre_hook(module, args):
+            scale = source.cached(f"qk_norm_scale.{layer}", norm_scale)
+            if scale is None:
+                return None
+            # the frozen-path mode (ATP's LoRA update) masks W x in q/k_proj; the norm still runs over kept dims
+            factor = source.cached(f"qk_pairs.{layer}", pair_factor) * scale if _merged(source) else scale
+            return (source.multiply(args[0], factor),) + tuple(args[1:])  # (..., heads, head_dim)
+
+        def norm_post_hook(module, args, output):
+            scale = source.cached(f"qk_norm_scale.{layer}", norm_scale)
+            return output if scale is None else source.multiply(output, 1.0 / scale)
+
+        for name in ("q_norm", "k_norm"):
+            norm = getattr(attn, name)
+            hooks.append((f"{base}.{name}", norm, norm.register_forward_pre_hook(norm_pre_hook)))
+            hooks.append((f"{base}.{name}", norm, norm.register_forward_hook(norm_post_hook)))
+    elif "qk_dims" in structures:
+
+        def qk_hook(module, args, output):
+            if not _merged(source) or (factor := source.cached(f"qk_pairs.{layer}", pair_factor)) is None:
+                return output
+            heads = output.view(*output.shape[:-1], -1, head_dim)  # (..., heads, head_dim)
+            return source.multiply(heads, factor).view_as(output)
+
+        for name in ("q_proj", "k_proj"):
+            proj = getattr(attn, name)
+            hooks.append((f"{base}.{name}", proj, proj.register_forward_hook(qk_hook)))
+
+    if "v_dims" in structures:
+
+        def v_pre_hook(module, args):
+            m = source.mask("v_dims")
+            if m is None or not _merged(source):
+                return None
+            x = args[0]  # (..., num_heads · head_dim): o_proj's input, every query head's values
+            masked = source.multiply(x.view(*x.shape[:-1], -1, head_dim), m[layer])
+            return (masked.view_as(x),) + tuple(args[1:])
+
+        hooks.append((f"{base}.o_proj", attn.o_proj, attn.o_proj.register_forward_pre_hook(v_pre_hook)))
+    return hooks
