@@ -37,7 +37,9 @@ def _grads(model, pruner) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("structures", [("hidden",), ALL], ids=["hidden", "all"])
+@pytest.mark.parametrize(
+    "structures", [("hidden",), ALL, ("qk_dims", "v_dims", "hidden")], ids=["hidden", "all", "head-dims"]
+)
 def test_gradient_checkpointing_gives_the_gradients_of_a_plain_run(family, structures):
     plain = _grads(*_gated(family, structures, checkpointing=False))
     checkpointed = _grads(*_gated(family, structures, checkpointing=True))

@@ -76,22 +76,28 @@ def install_head_dim_hooks(
         m = source.mask("qk_dims")
         return None if m is None else m[layer].repeat(2)
 
+    # derived once per forward, before any block runs (gradient checkpointing recomputes the same ops)
+    if "qk_dims" in structures:
+        source.derive(f"qk_pairs.{layer}", pair_factor)
+
     if "qk_dims" in structures and getattr(attn, "q_norm", None) is not None:
 
         def norm_scale() -> torch.Tensor | None:
             m = source.mask("qk_dims")
             return None if m is None else torch.sqrt(head_dim / (2 * m[layer].sum()).clamp_min(1e-6))
 
+        source.derive(f"qk_norm_scale.{layer}", norm_scale)
+
         def norm_pre_hook(module, args):
-            scale = source.cached(f"qk_norm_scale.{layer}", norm_scale)
+            scale = source.cached(f"qk_norm_scale.{layer}")
             if scale is None:
                 return None
             # the frozen-path mode (ATP's LoRA update) masks W x in q/k_proj; the norm still runs over kept dims
-            factor = source.cached(f"qk_pairs.{layer}", pair_factor) * scale if _merged(source) else scale
+            factor = source.cached(f"qk_pairs.{layer}") * scale if _merged(source) else scale
             return (source.multiply(args[0], factor),) + tuple(args[1:])  # (..., heads, head_dim)
 
         def norm_post_hook(module, args, output):
-            scale = source.cached(f"qk_norm_scale.{layer}", norm_scale)
+            scale = source.cached(f"qk_norm_scale.{layer}")
             return output if scale is None else source.multiply(output, 1.0 / scale)
 
         for name in ("q_norm", "k_norm"):
@@ -101,7 +107,7 @@ def install_head_dim_hooks(
     elif "qk_dims" in structures:
 
         def qk_hook(module, args, output):
-            if not _merged(source) or (factor := source.cached(f"qk_pairs.{layer}", pair_factor)) is None:
+            if not _merged(source) or (factor := source.cached(f"qk_pairs.{layer}")) is None:
                 return output
             heads = output.view(*output.shape[:-1], -1, head_dim)  # (..., heads, head_dim)
             return source.multiply(heads, factor).view_as(output)
