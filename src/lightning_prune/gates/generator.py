@@ -10,6 +10,9 @@ straight-through estimator:
 ``s = σ((z + g + b) / T)``, ``g = log u − log(1 − u)`` (the difference of two Gumbel variables), the
 temperature ``T = 0.4`` and the offset ``b = 3`` so that every unit starts as *kept*. In eval the decision is
 the noise-free ``1[z + b ≥ 0]``: hard, and a function of the generator's weights only (no batch enters).
+While :attr:`DecisionGenerator.relaxed` is set (ATP's generator update, as in the released code's
+``hypernet_step``), samples are the soft ``s`` itself: the task loss is differentiated through the relaxation
+at the sampled point instead of through a straight-through estimate at a binary one.
 
 Because decisions of all layers come from one shared network, layers are pruned *jointly* (the encoder
 sees every layer's input), which is the point of the design over independent per-unit gates.
@@ -148,6 +151,9 @@ class DecisionGenerator(nn.Module):
             raise PruningConfigError(f"`temperature` must be positive, got {temperature!r}.")
         self.rows = rows
         self.units = dict(units)
+        #: When set, :meth:`GeneratorGate.sample` returns the soft Gumbel-sigmoid sample ``σ((z + g + b)/T)``
+        #: instead of its binary straight-through form (ATP's generator update; not saved with the model).
+        self.relaxed = False
         self.temperature = float(temperature)
         self.offset = float(offset)
         self.backbone_name = backbone
@@ -235,10 +241,13 @@ class GeneratorGate(Gate):
         return self.generator.logits(self.structure).float() + self.generator.offset
 
     def sample(self) -> torch.Tensor:
-        """Binary Gumbel-sigmoid decisions with a straight-through gradient, ``(rows, units)``."""
+        """Binary Gumbel-sigmoid decisions with a straight-through gradient, ``(rows, units)``; the soft
+        sample ``σ((z + g + b)/T)`` itself while the generator is :attr:`~DecisionGenerator.relaxed`."""
         z = self.shifted_logits()
         u = torch.rand_like(z).clamp(1e-6, 1.0 - 1e-6)
         soft = torch.sigmoid((z + torch.log(u) - torch.log1p(-u)) / self.generator.temperature)
+        if self.generator.relaxed:
+            return soft
         hard = (soft >= 0.5).to(soft.dtype)
         return hard + (soft - soft.detach())  # exactly 0/1 forward (the bracket is exactly 0), ∂soft backward
 

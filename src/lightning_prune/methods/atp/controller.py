@@ -3,9 +3,10 @@
 ATP (Lu et al., arXiv 2412.14426) trains the decision generator and LoRA in alternation, each with its own
 view of the masks:
 
-* **generator update** (held-out batch): masks on the merged path, ``(W + BA)x ⊙ m``, sampled
-  Gumbel-sigmoid decisions with a straight-through gradient, loss = task loss + budget loss; only the
-  generator receives gradients (LoRA is switched off for the step).
+* **generator update** (held-out batch): masks on the merged path, ``(W + BA)x ⊙ m``, with ``m`` the soft
+  Gumbel-sigmoid samples ``σ((z + g + b)/T)`` as in the released code (``ATPConfig.generator_masks="hard"``:
+  their binary straight-through form), loss = task loss + budget loss on hard decisions; only the generator
+  receives gradients (LoRA is switched off for the step).
 * **LoRA update** (training batch): hard eval decisions on the frozen path only, ``m ⊙ Wx + BAx``, loss =
   task loss + group lasso on the pruned units' LoRA rows/columns; the generator receives no gradient.
 
@@ -149,6 +150,7 @@ class ATPController:
         self.regularizer.mode = mode
         self.pruner.mask_path = "merged" if mode == "generator" else "frozen"
         self.pruner.mask_sampling = mode == "generator"
+        self._set_relaxed(mode == "generator" and self.config.generator_masks == "soft")
         if mode == "generator" and not self._suspended:  # only the generator learns from this step
             self._suspended = [p for p in self.lora_parameters() if p.requires_grad]
             for p in self._suspended:
@@ -163,6 +165,7 @@ class ATPController:
         """Context manager form of :meth:`set_mode`; restores the previous mode (and the model's usual mask
         handling: merged path, sampling by train/eval) on exit."""
         previous = (self.current_mode, self.pruner.mask_path, self.pruner.mask_sampling)
+        was_relaxed = any(getattr(getattr(g, "generator", None), "relaxed", False) for g in self.pruner.gates.values())
         self.set_mode(mode)
         try:
             yield
@@ -170,7 +173,14 @@ class ATPController:
             for p in self._suspended:
                 p.requires_grad_(True)
             self._suspended = []
+            self._set_relaxed(was_relaxed)
             self.regularizer.mode, self.pruner.mask_path, self.pruner.mask_sampling = previous
+
+    def _set_relaxed(self, relaxed: bool) -> None:
+        """Soft (``True``) or binary straight-through (``False``) samples from the decision generator(s)."""
+        for gate in self.pruner.gates.values():
+            if hasattr(gate, "generator"):
+                gate.generator.relaxed = relaxed
 
     # -- steps -----------------------------------------------------------------------------------------------
     def generator_step(

@@ -126,6 +126,8 @@ class ATPRegularizer(nn.Module):
         if self.mode == "generator":
             if self.config.budget_on == "decisions":
                 masks = {name: pruner.gates[name].decision() for name in masks}
+            else:  # the forward's samples (soft ones in ATP's generator update) made binary, straight-through
+                masks = {name: (m >= 0.5).to(m.dtype) + (m - m.detach()) for name, m in masks.items()}
             ratio = self.ratio_loss(pruner, masks)
             self.last_ratio_loss = float(ratio.detach())
             return {"budget": self.config.budget_weight * ratio}
