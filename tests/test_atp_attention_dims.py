@@ -250,7 +250,7 @@ def spread(pruner, seed: int = 0) -> None:
 
 
 def test_atp_lora_mode_masks_the_frozen_path_of_q_k_v_and_generator_mode_the_merged_path():
-    model, pruner, atp = attach_atp()
+    model, pruner, atp = attach_atp(generator_masks="hard")  # binary samples: pruned dims are exact zeros
     spread(pruner)
     masks = pruner.deterministic_masks()
     attn = pruner.adapter.layers[1].self_attn
