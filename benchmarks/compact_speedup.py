@@ -25,6 +25,7 @@ CASES = {
     "hidden 25% removed": (("hidden",), {"hidden": 0.75}, True),
     "heads+ffn+hidden 50%": (("heads", "ffn", "hidden"), {"heads": 0.5, "ffn": 0.5, "hidden": 0.75}, True),
     "per-layer heads+ffn": (("heads", "ffn"), None, False),
+    "qk+v dims 50% (per-layer)": (("qk_dims", "v_dims"), {"qk_dims": 0.5, "v_dims": 0.5}, True),
 }
 
 
@@ -32,7 +33,14 @@ def build(case, shape, dtype, device):
     structures, keep, uniform = case
     model = llama(seed=0, dtype=torch.float32, device=device, **shape).eval()
     if keep is not None:
-        specs = {"heads": shape["kv_heads"], "ffn": shape["ffn"], "hidden": shape["hidden"]}
+        head_dim = shape["hidden"] // shape["heads"]
+        specs = {
+            "heads": shape["kv_heads"],
+            "ffn": shape["ffn"],
+            "hidden": shape["hidden"],
+            "qk_dims": head_dim // 2,  # RoPE pairs
+            "v_dims": head_dim,
+        }
         keep_units = {s: max(1, int(round(specs[s] * f))) for s, f in keep.items()}
         config = lp.L0Config(
             target_sparsity=0.0, structures=structures, keep_units=keep_units, uniform=uniform, match_target=False
@@ -69,7 +77,7 @@ def main() -> None:
         shape = dict(hidden=512, layers=4, heads=8, kv_heads=8, ffn=1536, vocab=2000)
         batch, seq, repeats = (4, 128, 8) if args.quick else (8, 256, 20)
     ids = torch.randint(0, shape["vocab"], (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
-    cases = dict(list(CASES.items())[:4] + [list(CASES.items())[-1]]) if args.quick else CASES
+    cases = dict(list(CASES.items())[:4] + list(CASES.items())[-2:]) if args.quick else CASES
 
     def timed(model):
         def run():
@@ -81,7 +89,7 @@ def main() -> None:
         return run
 
     print(f"dense: Llama-shaped {shape}, batch {batch}x{seq}, {args.dtype}, {device.type}")
-    print(f"{'case':<24}{'params kept':>12}{'FLOP ratio':>12}{'speed-up':>10}{'speed-up/FLOP':>15}{'shapes':>11}")
+    print(f"{'case':<28}{'params kept':>12}{'FLOP ratio':>12}{'speed-up':>10}{'speed-up/FLOP':>15}{'shapes':>11}")
     worst = None
     for name, case in cases.items():
         dense, compact, report = build(case, shape, dtype, device)
@@ -92,7 +100,7 @@ def main() -> None:
         worst = efficiency if worst is None else min(worst, efficiency)
         kept = report.params_after / report.params_before
         shapes = "uniform" if report.uniform else "per-layer"
-        print(f"{name:<24}{kept:>12.1%}{flop_ratio:>12.2f}{speedup:>10.2f}{efficiency:>15.2f}{shapes:>11}")
+        print(f"{name:<28}{kept:>12.1%}{flop_ratio:>12.2f}{speedup:>10.2f}{efficiency:>15.2f}{shapes:>11}")
         del dense, compact
     print(f"headline: worst speed-up / FLOP-ratio = {worst:.2f} (goal >= 0.90)")
 
