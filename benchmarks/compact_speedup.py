@@ -16,7 +16,7 @@ from _common import interleaved_median, llama
 
 import lightning_prune as lp
 
-# name -> (structures, fraction of units kept per structure, uniform?)
+# name -> (structures, fraction of units kept per structure, uniform?[, multiple_of])
 CASES = {
     "heads 50%": (("heads",), {"heads": 0.5}, True),
     "ffn 50%": (("ffn",), {"ffn": 0.5}, True),
@@ -25,12 +25,13 @@ CASES = {
     "hidden 25% removed": (("hidden",), {"hidden": 0.75}, True),
     "heads+ffn+hidden 50%": (("heads", "ffn", "hidden"), {"heads": 0.5, "ffn": 0.5, "hidden": 0.75}, True),
     "per-layer heads+ffn": (("heads", "ffn"), None, False),
+    "per-layer, ffn multiple of 32": (("heads", "ffn"), None, False, {"ffn": 32}),
     "qk+v dims 50% (per-layer)": (("qk_dims", "v_dims"), {"qk_dims": 0.5, "v_dims": 0.5}, True),
 }
 
 
 def build(case, shape, dtype, device):
-    structures, keep, uniform = case
+    structures, keep, uniform, multiple_of = (*case, {})[:4]
     model = llama(seed=0, dtype=torch.float32, device=device, **shape).eval()
     if keep is not None:
         head_dim = shape["hidden"] // shape["heads"]
@@ -46,7 +47,7 @@ def build(case, shape, dtype, device):
             target_sparsity=0.0, structures=structures, keep_units=keep_units, uniform=uniform, match_target=False
         )
     else:  # per-layer: layer i keeps a different share, average ~50%
-        config = lp.L0Config(target_sparsity=0.0, structures=structures, match_target=False)
+        config = lp.L0Config(target_sparsity=0.0, structures=structures, match_target=False, multiple_of=multiple_of)
     pruner = lp.attach(model, config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -77,7 +78,7 @@ def main() -> None:
         shape = dict(hidden=512, layers=4, heads=8, kv_heads=8, ffn=1536, vocab=2000)
         batch, seq, repeats = (4, 128, 8) if args.quick else (8, 256, 20)
     ids = torch.randint(0, shape["vocab"], (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
-    cases = dict(list(CASES.items())[:4] + list(CASES.items())[-2:]) if args.quick else CASES
+    cases = dict(list(CASES.items())[:4] + list(CASES.items())[-3:]) if args.quick else CASES
 
     def timed(model):
         def run():

@@ -47,3 +47,19 @@ def mask_mul(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not (torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad)):
         return x * mask.to(dtype=x.dtype)
     return _MaskMul.apply(x, mask)
+
+
+def set_kept_count(mask: torch.Tensor, score: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask`` (one row, 0 = pruned) changed as little as possible to keep exactly ``count`` units: the
+    lowest-scored kept units are dropped, or the best-scored pruned ones restored (with value 1)."""
+    kept = mask != 0
+    have = int(kept.sum())
+    out = mask.clone()
+    score = score.float()
+    if count < have:
+        order = torch.argsort(torch.where(kept, score, torch.full_like(score, float("inf"))))
+        out[order[: have - count]] = 0.0
+    elif count > have:
+        order = torch.argsort(torch.where(kept, torch.full_like(score, -float("inf")), score), descending=True)
+        out[order[: count - have]] = 1.0
+    return out

@@ -36,7 +36,7 @@ from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import check_equivalence
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
-from lightning_prune.ops import mask_mul
+from lightning_prune.ops import mask_mul, set_kept_count
 from lightning_prune.structures import PER_LAYER_EXPORT_STRUCTURES, STRUCTURE_DOCS, StructureSpec
 
 log = logging.getLogger("lightning_prune")
@@ -291,18 +291,35 @@ class Pruner:
         """
         key = tuple((name, p._version, p.data_ptr()) for name, p in self.state.named_parameters())
         key += (self.config.uniform, self.config.match_target, self.phase, self.current_target())
-        key += tuple(sorted(self.config.keep_units.items()))
+        key += tuple(sorted(self.config.keep_units.items())) + tuple(sorted(self.config.multiple_of.items()))
         if self._deterministic_cache is not None and self._deterministic_cache[0] == key:
             return self._deterministic_cache[1]
         masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
         if self.config.match_target and self.phase != "dense":
             masks = self._match_target(masks)
+        if self.config.multiple_of:
+            masks = self._round_counts(masks)
         if self.config.uniform:  # a shape the family's standard config can express
             scores = {name: gate.score().detach() for name, gate in self.gates.items()}
             masks = self.adapter.uniform_masks(masks, scores, set(self.config.keep_units))
         masks = {name: self.gates[name].eval_values(m) for name, m in masks.items()}  # e.g. γ · binary (polarization)
         self._deterministic_cache = (key, masks)
         return masks
+
+    def _round_counts(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every row of a ``multiple_of`` structure keeps the nearest multiple of its step (see the config)."""
+        out = dict(masks)
+        for name, step in self.config.multiple_of.items():
+            if name not in masks or name in self.config.keep_units:
+                continue
+            score = self.gates[name].score().detach()
+            rows = []
+            for mask, row_score in zip(masks[name], score):
+                kept, units = int((mask != 0).sum()), mask.numel()
+                wanted = 0 if kept == 0 else min(max(step, round(kept / step) * step), units // step * step or units)
+                rows.append(set_kept_count(mask, row_score, wanted))
+            out[name] = torch.stack(rows)
+        return out
 
     def _match_target(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Adjust learned counts so the exact sparsity reaches the current target (within one unit).

@@ -30,6 +30,7 @@ from lightning_prune.adapters.head_dims import install_head_dim_hooks, qk_dim_in
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.ops import set_kept_count
 from lightning_prune.structures import StructureSpec
 
 #: model_type -> (transformers module name, class-name prefix)
@@ -208,18 +209,7 @@ class LlamaAdapter(ModelAdapter):
         if q == 0 or kept % q == 0 or self._config_accepts(hidden_size=kept, num_attention_heads=q):
             return masks
         wanted = min(max(q, round(kept / q) * q), self.hidden_size // q * q)
-        score = scores["hidden"][0].float()
-        row = hidden[0] != 0
-        if wanted < kept:  # drop the lowest-scored kept dims
-            order = torch.argsort(torch.where(row, score, torch.full_like(score, float("inf"))))
-            change, value = order[: kept - wanted], 0.0
-        else:  # restore the best-scored pruned dims
-            order = torch.argsort(torch.where(row, torch.full_like(score, -float("inf")), score), descending=True)
-            change, value = order[: wanted - kept], 1.0
-        out = dict(masks)
-        out["hidden"] = hidden.clone()
-        out["hidden"][:, change] = value
-        return out
+        return {**masks, "hidden": set_kept_count(hidden[0], scores["hidden"][0], wanted)[None]}
 
     def _config_accepts(self, **values: int) -> bool:
         """Whether the family's config class validates with ``values`` (Mistral/Qwen accept any hidden size)."""

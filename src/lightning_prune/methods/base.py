@@ -83,6 +83,11 @@ class PruningConfig:
         distill_temperature: softmax temperature ``T`` of the logit KL (CoFi: 2).
         distill_hidden_weight: weight, relative to the logit KL, of matching every block's output to the
             teacher's over the kept hidden dims (CoFi's layer loss; 0 = logits only).
+        multiple_of: per structure, keep a multiple of this many units in every row of the deterministic masks
+            (the export), e.g. ``{"ffn": 32}``: matrix kernels run faster on widths that are multiples of 8–64,
+            which matters most for per-layer exports whose widths are otherwise arbitrary. Each row moves to the
+            nearest multiple (never below one multiple when it keeps anything), so the sparsity can move off the
+            target by up to half a multiple per row.
     """
 
     target_sparsity: float = 0.5
@@ -99,6 +104,7 @@ class PruningConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     distill_hidden_weight: float = 0.0
+    multiple_of: dict[str, int] = field(default_factory=dict)
 
     method_name = "base"
     gate_kind = "hard_concrete"
@@ -146,6 +152,15 @@ class PruningConfig:
                 )
             if not isinstance(count, int) or count < 0:
                 raise PruningConfigError(f"`keep_units[{key!r}]` must be a non-negative int, got {count!r}.")
+        for key, step in dict(self.multiple_of).items():
+            if key not in self.structures:
+                raise PruningConfigError(
+                    f"`multiple_of` names {key!r}, which is not in `structures` {self.structures}; add it there."
+                )
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+                raise PruningConfigError(
+                    f"`multiple_of[{key!r}]` must be a positive int (e.g. 8, 32, 64), got {step!r}."
+                )
 
     # -- what a method decides -------------------------------------------------------------------
     def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:

@@ -46,6 +46,11 @@ class STEConfig(PruningConfig):
     gate_kind = "ste"
 
     def __post_init__(self) -> None:
+        if self.multiple_of:
+            raise PruningConfigError(
+                "`multiple_of` is not supported by STEConfig: the eval/export mask must equal the binary training "
+                "mask, so its counts cannot be rounded after training. Use L0Config(multiple_of=...) instead."
+            )
         if self.match_target:
             raise PruningConfigError(
                 "`match_target`=True is not supported by STEConfig: the eval/export mask must equal the binary "
