@@ -37,6 +37,18 @@ class MaskSource(Protocol):
         """``x * mask`` (broadcast), through the memory-lean op when the gate kinds allow it."""
 
 
+def block_structures(layers: int, head_units: int, ffn: int, hidden: int) -> dict[str, StructureSpec]:
+    """The structures every transformer adapter offers: per-layer ``heads`` (or KV groups) and ``ffn`` channels,
+    one ``hidden`` mask shared by the residual stream, and one gate per attention / MLP block."""
+    return {
+        "heads": StructureSpec("heads", layers, head_units),
+        "ffn": StructureSpec("ffn", layers, ffn),
+        "hidden": StructureSpec("hidden", 1, hidden, per_layer=False),
+        "attn_block": StructureSpec("attn_block", 1, layers, per_layer=False),
+        "mlp_block": StructureSpec("mlp_block", 1, layers, per_layer=False),
+    }
+
+
 def base_layer(module: nn.Module) -> nn.Module:
     """The wrapped layer of a peft tuner layer (``lora.Linear``), or the module itself."""
     getter = getattr(module, "get_base_layer", None)

@@ -30,7 +30,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import CompactState, MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import (
+    CompactState,
+    MaskSource,
+    ModelAdapter,
+    base_layer,
+    block_structures,
+    plain_parameter_sizes,
+)
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
@@ -154,14 +161,7 @@ class BertAdapter(ModelAdapter):
 
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:
-        L = self.num_layers
-        return {
-            "heads": StructureSpec("heads", L, self.num_heads),
-            "ffn": StructureSpec("ffn", L, self.intermediate_size),
-            "hidden": StructureSpec("hidden", 1, self.hidden_size, per_layer=False),
-            "attn_block": StructureSpec("attn_block", 1, L, per_layer=False),
-            "mlp_block": StructureSpec("mlp_block", 1, L, per_layer=False),
-        }
+        return block_structures(self.num_layers, self.num_heads, self.intermediate_size, self.hidden_size)
 
     def cost_terms(self, flops_seq_len: int) -> list[CostTerm]:
         d, hd, nh = self.hidden_size, self.head_dim, self.num_heads

@@ -25,7 +25,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import CompactState, MaskSource, ModelAdapter, base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import (
+    CompactState,
+    MaskSource,
+    ModelAdapter,
+    base_layer,
+    block_structures,
+    plain_parameter_sizes,
+)
 from lightning_prune.adapters.head_dims import install_head_dim_hooks, qk_dim_index
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.cost import CostTerm, Dim
@@ -112,12 +119,8 @@ class LlamaAdapter(ModelAdapter):
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:
         L = self.num_layers
-        return {
-            "heads": StructureSpec("heads", L, self.num_kv_heads),
-            "ffn": StructureSpec("ffn", L, self.intermediate_size),
-            "hidden": StructureSpec("hidden", 1, self.hidden_size, per_layer=False),
-            "attn_block": StructureSpec("attn_block", 1, L, per_layer=False),
-            "mlp_block": StructureSpec("mlp_block", 1, L, per_layer=False),
+        return {  # heads are KV groups: a valid GQA config needs whole groups
+            **block_structures(L, self.num_kv_heads, self.intermediate_size, self.hidden_size),
             "qk_dims": StructureSpec("qk_dims", L, self.head_dim // 2),  # one unit per RoPE pair
             "v_dims": StructureSpec("v_dims", L, self.head_dim),
         }
