@@ -19,15 +19,6 @@ D, HD, NH, NKV, FFN, L = 64, 16, 8, 4, 96, 2
 REP = NH // NKV
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds contention on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def attach_atp(seed: int = 0, **overrides) -> tuple[nn.Module, lp.Pruner, ATPController]:
     model = with_lora(tiny_causal_lm("llama", seed=seed))
     config = lp.ATPConfig(**{"target_sparsity": 0.5, **overrides})

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 from conftest import LLAMA_LORA_TARGETS, tiny_causal_lm
 
@@ -41,14 +40,6 @@ INIT = 0.2  # weight std at which both heads and FFN channels carry the teacher'
 CONTROL = 400  # generator steps (the control phase), each followed by a LoRA step
 FROZEN = 30  # LoRA-only steps after the freeze (group lasso + proximal step zero the pruned groups)
 LORA_LR, FROZEN_LORA_LR = 1e-4, 1e-3  # ATP's LoRA lr; then 10× (the proximal threshold is lr · 100)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def with_fresh_lora(model):
