@@ -19,7 +19,8 @@ Per row: test accuracy, accuracy kept vs dense, parameter count, encoder sparsit
 of zero encoder weights), and latency measured round-robin in one run. Writes ``quality.json``, ``quality.md``
 and ``quality.png`` (accuracy vs parameters) under ``--output``; the last line printed is the headline.
 
-    python benchmarks/quality.py --quick     # ~10 min on 2 shared CPU cores
+    python benchmarks/quality.py --quick     # 50% only, every method: ~6 min on 2 CPU cores
+    python benchmarks/quality.py --quick --sparsities 0.3 0.5 0.7   # the quick budget at all three (~20 min)
     python benchmarks/quality.py             # full: 300 steps, 4000 sentences, 16x40 (1-2 h on 2 shared cores)
     python benchmarks/quality.py --sparsities 0.5   # the full budget at one sparsity (4 rows)
 """
@@ -516,8 +517,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    if args.quick:
+    if args.quick:  # one budget (50%), every method: a few minutes on 2 cores
         cfg, n_train, n_test = BenchConfig(steps=100, max_length=32, importance=args.importance), 200, 50
+        cfg.sparsities = (0.5,)
     else:
         cfg, n_train, n_test = BenchConfig(steps=300, max_length=40, importance=args.importance), 500, 125
     if args.steps is not None:
