@@ -33,7 +33,7 @@ from lightning_prune.distill import SelfDistiller
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError, UnsupportedModelError
 from lightning_prune.export.merge import merged_state_dict, unwrap_model
 from lightning_prune.export.report import ExportReport, count_parameters
-from lightning_prune.export.verify import check_equivalence
+from lightning_prune.export.verify import check_equivalence, check_generation
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
 from lightning_prune.ops import mask_mul, set_kept_count
@@ -580,6 +580,9 @@ class Pruner:
             self.phase, self.mask_path = "frozen", "merged"  # the export folds the merged path
             try:
                 report.max_abs_diff, report.reference_scale = check_equivalence(
+                    self.adapter, self.hf_model, compact, self.config.export_rtol
+                )
+                report.generation_max_abs_diff = check_generation(
                     self.adapter, self.hf_model, compact, self.config.export_rtol
                 )
             finally:

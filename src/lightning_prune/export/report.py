@@ -32,6 +32,8 @@ class ExportReport:
     uniform: bool = False
     max_abs_diff: float | None = None
     reference_scale: float | None = None
+    #: Causal LMs: largest logit difference of greedy decoding with the compact model's KV cache vs the gated model.
+    generation_max_abs_diff: float | None = None
 
     def summary(self) -> str:
         check = (
@@ -39,6 +41,8 @@ class ExportReport:
             if self.max_abs_diff is not None
             else "equivalence not checked"
         )
+        if self.generation_max_abs_diff is not None:
+            check += f", cached generation max |diff| = {self.generation_max_abs_diff:.2e}"
         return (
             f"params {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_after / max(self.params_before, 1):.1%}), FLOPs/token "

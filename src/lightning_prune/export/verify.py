@@ -4,6 +4,10 @@ The compact model must compute what the gated model computes in eval mode. Both 
 inputs; the largest absolute difference of their outputs must stay within ``rtol`` times the largest
 absolute output. Tolerances: ``rtol`` (default 1e-4) for fp32; 2e-2 for bf16 and 5e-3 for fp16, whose
 rounding differs between a masked and a sliced matmul.
+
+Causal LMs are also checked the way users run them: the compact model decodes greedily **with its KV cache**
+(``generate``), and the logits of every decoding step must match the gated model's logits on the same tokens
+computed without a cache. A forward pass alone cannot see an attention layer that ignores the cache.
 """
 
 from __future__ import annotations
@@ -15,6 +19,27 @@ from lightning_prune.adapters.base import ModelAdapter
 from lightning_prune.errors import ExportMismatchError
 
 HALF_PRECISION_RTOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+#: Tokens decoded with the cache by the generation check (each one reads every earlier position from the cache).
+GENERATION_CHECK_TOKENS = 4
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` generates text with a KV cache (a ``*ForCausalLM`` / ``*LMHeadModel``)."""
+    from transformers import GenerationMixin
+
+    can_generate = getattr(model, "can_generate", None)
+    return isinstance(model, GenerationMixin) and callable(can_generate) and bool(can_generate())
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The model's position limit (``max_position_embeddings`` / ``n_positions``), if its config has one."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
@@ -31,9 +56,15 @@ def check_equivalence(
     seq_len: int = 16,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Return ``(max_abs_diff, reference_scale)`` or raise :class:`ExportMismatchError`."""
+    """Return ``(max_abs_diff, reference_scale)`` or raise :class:`ExportMismatchError`.
+
+    ``seq_len`` is shortened for models with fewer positions (room is left for the generation check's tokens).
+    """
     generator = torch.Generator().manual_seed(seed)
     device = next(gated.parameters()).device
+    limit = max_positions(gated)
+    if limit is not None:
+        seq_len = max(1, min(seq_len, limit - GENERATION_CHECK_TOKENS))
     inputs = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
     modes = (gated.training, compact.training)
     gated.eval()
@@ -51,10 +82,81 @@ def check_equivalence(
         )
     diff = float((reference - output).abs().max())
     scale = float(reference.abs().max().clamp_min(1e-12))
+    _raise_if_apart(diff, scale, rtol, adapter.name, "on the same inputs")
+    return diff, scale
+
+
+def _raise_if_apart(diff: float, scale: float, rtol: float, adapter: str, where: str) -> None:
     if not (diff == diff) or diff > rtol * scale:  # NaN-safe
         raise ExportMismatchError(
-            f"The compact model does not compute what the gated model computed: max |gated - compact| = {diff:.3e} "
-            f"> {rtol:g} x {scale:.3e}. Nothing was returned or saved. This is a bug in the adapter "
-            f"({adapter.name}); please report it with your model config."
+            f"The compact model does not compute what the gated model computed {where}: max |gated - compact| = "
+            f"{diff:.3e} > {rtol:g} x {scale:.3e}. Nothing was returned or saved. This is a bug in the adapter "
+            f"({adapter}); please report it with your model config."
         )
-    return diff, scale
+
+
+@torch.no_grad()
+def check_generation(
+    adapter: ModelAdapter,
+    gated: nn.Module,
+    compact: nn.Module,
+    rtol: float = 1e-4,
+    batch_size: int = 2,
+    seq_len: int = 8,
+    new_tokens: int = GENERATION_CHECK_TOKENS,
+    seed: int = 1,
+) -> float | None:
+    """Greedy decoding with the compact model's KV cache against the gated model without a cache.
+
+    The compact model generates ``new_tokens`` greedily from random prompts (``generate`` with
+    ``use_cache=True``, the path users take); the gated model then scores the generated sequences in one
+    uncached forward. The logits of each decoding step must agree within ``rtol`` of their scale. Comparing
+    logits rather than tokens keeps the check exact where two tokens tie.
+
+    Returns:
+        The largest absolute logit difference, or ``None`` when ``compact`` is not a causal LM.
+
+    Raises:
+        ExportMismatchError: the cached decoding differs from the gated model.
+    """
+    if not (is_causal_lm(compact) and is_causal_lm(gated)):
+        return None
+    from transformers import GenerationConfig
+
+    generator = torch.Generator().manual_seed(seed)
+    device = next(gated.parameters()).device
+    limit = max_positions(gated)
+    if limit is not None:
+        seq_len = max(1, min(seq_len, limit - new_tokens))
+    prompt = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
+    # A fresh config: the model's own generation config (sampling, stop tokens) must not shorten the run.
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        use_cache=True,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    modes = (gated.training, compact.training)
+    gated.eval()
+    compact.eval()
+    try:
+        out = compact.generate(
+            input_ids=prompt["input_ids"],
+            attention_mask=prompt.get("attention_mask"),
+            generation_config=config,
+        )
+        cached = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
+        tokens = out.sequences
+        reference = gated(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
+        reference = reference[:, seq_len - 1 : tokens.shape[1] - 1].float()
+    finally:
+        gated.train(modes[0])
+        compact.train(modes[1])
+    rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
+    diff = float((reference - cached).abs().max())
+    scale = float(reference.abs().max().clamp_min(1e-12))
+    _raise_if_apart(diff, scale, rtol, adapter.name, f"when it generates {new_tokens} tokens with its KV cache")
+    return diff
