@@ -549,7 +549,16 @@ class Pruner:
         """
         self._check_attached()
         self._check_finite_parameters()
-        masks = self.deterministic_masks()
+        dense = self.phase == "dense"
+        if dense:  # the gates never trained: the model the user has is the dense one, so that is what ships
+            log.warning(
+                "lightning-prune: export() in the dense phase (pruning never started: training ended within the "
+                "dense warm-up, or set_phase('prune') was never called). Exporting the dense model, LoRA merged; "
+                "train past the warm-up (e.g. more steps or a smaller `dense_steps`) to prune."
+            )
+            masks = {name: torch.ones(spec.rows, spec.units) for name, spec in self.specs.items()}
+        else:
+            masks = self.deterministic_masks()
         state = merged_state_dict(self.model, skip_prefix=STATE_ATTRIBUTE)
         compact, info = self.config.build_compact(self, state, masks)
         compact.eval()  # a fresh model starts in training mode (dropout on); exports are for inference
@@ -577,7 +586,8 @@ class Pruner:
             )
         if check:
             previous, previous_path = self.phase, self.mask_path
-            self.phase, self.mask_path = "frozen", "merged"  # the export folds the merged path
+            # the export folds the merged path, with the masks it exported (none in the dense phase)
+            self.phase, self.mask_path = ("dense" if dense else "frozen"), "merged"
             try:
                 report.max_abs_diff, report.reference_scale = check_equivalence(
                     self.adapter, self.hf_model, compact, self.config.export_rtol

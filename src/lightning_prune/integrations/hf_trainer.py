@@ -207,6 +207,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
                 "penalty to the loss and the gate groups to the optimizer); a plain transformers.Trainer cannot. "
                 "Replace `Trainer(...)` by `PruningTrainer(...)` with the same arguments."
             )
+        self.check_reaches_pruning(state.max_steps, "max_steps (TrainingArguments)")
         self.set_step(state.global_step)  # after a resume the global step is known only now
         return control
 
@@ -220,7 +221,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         if self._phase == "dense":
             log.warning(
                 "lightning-prune: training ended in the dense phase (global step %d <= dense_steps=%d); the gates "
-                "never trained, so the masks prune only by the target.",
+                "never trained, so the export is the dense model.",
                 state.global_step,
                 self.dense_steps,
             )

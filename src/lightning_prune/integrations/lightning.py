@@ -319,6 +319,8 @@ class PruningCallback(Callback, PhaseSchedule):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:  # a smoke test may stop anywhere
+            self.check_reaches_pruning(_known_total_steps(trainer), "Trainer(max_steps=...)")
         # after a resume the global step is known only now
         self._set_phase(self.phase_at(trainer.global_step), trainer.global_step)
         if not self._pruner.hf_model.training:
@@ -378,7 +380,7 @@ class PruningCallback(Callback, PhaseSchedule):
         if self._phase == "dense":
             rank_zero_warn(
                 f"lightning-prune: training ended in the dense phase (global step {trainer.global_step} <= "
-                f"dense_steps={self.dense_steps}); the gates never trained, so the masks prune only by the target."
+                f"dense_steps={self.dense_steps}); the gates never trained, so the export is the dense model."
             )
         if trainer.is_global_zero:
             kept = self._kept_units()
@@ -571,3 +573,14 @@ def export_dir_problem(path: Path, overwrite: bool) -> str | None:
     except OSError as err:
         return f"`export_dir` {str(path)!r} is not writable ({err}); choose a writable directory."
     return None
+
+
+def _known_total_steps(trainer: pl.Trainer) -> int | None:
+    """The run's optimizer steps when the trainer knows them before training (``max_steps``, or epochs × batches)."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # an iterable without a length, or a loop Lightning cannot size: unknown
+        return None
+    return int(total) if total != float("inf") else None

@@ -104,6 +104,20 @@ class PhaseSchedule:
         for name, value in flags.items():
             setattr(self, name, value)
 
+    def check_reaches_pruning(self, total_steps: int | None, where: str = "max_steps") -> None:
+        """Refuse, before any training, a run whose last step falls inside the dense warm-up.
+
+        Such a run would train no gate and could only ship the dense model, after spending the whole budget.
+        ``total_steps``: the run's optimizer steps when they are known in advance (``None`` or ``<= 0``: unknown).
+        """
+        if total_steps is None or total_steps <= 0 or total_steps > self.dense_steps:
+            return
+        raise PruningConfigError(
+            f"The run ends before pruning starts: `{where}`={total_steps} <= `dense_steps`={self.dense_steps}, so the "
+            "gates would never train and the export would be the dense model. Lower `dense_steps` (e.g. to "
+            f"{max(0, total_steps // 10)}) or train for more steps."
+        )
+
     def phase_at(self, global_step: int) -> str:
         """The phase of the optimizer step ``global_step`` (0-based)."""
         if global_step < self.dense_steps:

@@ -1,0 +1,95 @@
+"""A run that cannot reach (or never reached) the pruning phase (issue #17).
+
+Before: ``max_steps`` < ``dense_steps`` warned, then the export compared masks taken in the dense phase with
+masks taken in the frozen phase, raised ``ExportMismatchError`` ("a bug in the adapter") and lost the run.
+Now a schedule known to end inside the warm-up is refused before the first step, and a run that stops there
+anyway (early stopping, an interrupt) exports the dense model it trained, checked like any export.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import pytest
+import torch
+import transformers
+from conftest import tiny_causal_lm
+from lightning_helpers import config, lit_llama, loader, trainer
+from test_hf_trainer import CONVERGING, MotifTokens, training_args
+
+import lightning_prune as lp
+from lightning_prune.errors import PruningConfigError
+from lightning_prune.export.report import count_parameters
+from lightning_prune.integrations.hf_trainer import PruningTrainer, PruningTrainerCallback
+
+
+class StopAt(L.Callback):
+    """Ends the fit at a global step, as early stopping or a time limit would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_lightning_refuses_max_steps_inside_the_warmup_before_training(tmp_path):
+    callback = lp.PruningCallback(config(), export_dir=tmp_path / "out", dense_steps=10)
+    module = lit_llama()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    fit = trainer(3, [callback])
+    with pytest.raises(PruningConfigError, match=r"max_steps=...\)`=3 <= `dense_steps`=10.*Lower `dense_steps`"):
+        fit.fit(module, loader())
+    assert fit.global_step == 0 and not (tmp_path / "out").exists()
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items() if not k.startswith("model.pruning"))
+
+
+def test_lightning_epochs_inside_the_warmup_are_refused_too(tmp_path):
+    callback = lp.PruningCallback(config(), dense_steps=10)
+    fit = trainer(-1, [callback], max_epochs=2)  # 16 samples / batch 4 = 4 steps an epoch: 8 steps
+    with pytest.raises(PruningConfigError, match="`dense_steps`=10"):
+        fit.fit(lit_llama(), loader())
+
+
+def test_a_run_stopped_inside_the_warmup_exports_the_dense_model(tmp_path):
+    callback = lp.PruningCallback(config(), export_dir=tmp_path / "out", dense_steps=10, plot=False)
+    module = lit_llama()
+    dense_params = count_parameters(tiny_causal_lm("llama"))
+    with pytest.warns(UserWarning, match="ended in the dense phase.*export is the dense model"):
+        trainer(50, [callback, StopAt(3)]).fit(module, loader())
+    report = callback.pruner.last_report
+    assert report.params_after == report.params_before and report.exact_sparsity == 0.0
+    assert report.max_abs_diff <= 1e-4 * report.reference_scale and report.generation_max_abs_diff is not None
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert count_parameters(reloaded) == dense_params
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    callback.pruner.hf_model.eval()
+    with torch.no_grad():
+        expected = callback.pruner.hf_model(input_ids=ids).logits  # the dense phase: no masks
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_plain_api_export_in_the_dense_phase_is_the_dense_model(caplog):
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.5, structures=("heads", "ffn", "hidden")))
+    pruner.set_phase("dense")
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        compact = pruner.export()
+    assert "Exporting the dense model" in caplog.text
+    assert count_parameters(compact) == pruner.last_report.params_before
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(compact(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_hf_trainer_refuses_max_steps_inside_the_warmup(tmp_path):
+    model = tiny_causal_lm("llama").train()
+    callback = PruningTrainerCallback(lp.L0Config(**CONVERGING), export_dir=tmp_path / "compact", dense_steps=10)
+    hf = PruningTrainer(
+        model=model, args=training_args(tmp_path, max_steps=4), train_dataset=MotifTokens(), callbacks=[callback]
+    )
+    with pytest.raises(PruningConfigError, match=r"max_steps \(TrainingArguments\)`=4 <= `dense_steps`=10"):
+        hf.train()
+    assert hf.state.global_step == 0 and not (tmp_path / "compact").exists()
