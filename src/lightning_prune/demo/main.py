@@ -38,9 +38,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("outputs/minilm-demo"))
     parser.add_argument("--quick", action="store_true", help="a 2-minute smoke run (fewer steps and examples)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice, which honours OMP_NUM_THREADS; on a shared machine "
+        "more threads than free cores slow training many times over)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.n_train = min(args.steps, 60), min(args.n_train, 600)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from lightning_prune.demo.data import LABELS, make_domain_dataset
     from lightning_prune.pretrained import minilm_path
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     train, test = make_domain_dataset(n_train=args.n_train, n_test=400, seed=args.seed)
@@ -154,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     compact = lp.load_compact(export_dir)
 
     ids, mask = test_set.tensors[0][: args.batch_size], test_set.tensors[1][: args.batch_size]
-    lat = latency_ms({"dense": dense, "compact": compact}, ids, mask)
+    repeats = 15
+    lat = latency_ms({"dense": dense, "compact": compact}, ids, mask, repeats=repeats)
     params = {
         "dense": sum(p.numel() for p in dense.parameters()),
         "compact": sum(p.numel() for p in compact.parameters()),
@@ -167,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "compact_params": params["compact"],
         "dense_latency_ms": lat["dense"],
         "compact_latency_ms": lat["compact"],
+        "threads": torch.get_num_threads(),
     }
     report = lp.ExportReport.from_json(export_dir / "lightning_prune_report.json")
     print("\n" + "=" * 72)
@@ -184,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"accuracy kept {results['compact_accuracy'] / max(results['dense_accuracy'], 1e-9):.1%}; "
         f"speed-up {lat['dense'] / lat['compact']:.2f}x; FLOPs ratio "
         f"{report.flops_per_token_before / report.flops_per_token_after:.2f}x"
+    )
+    print(
+        f"latency: median of {repeats} forward passes of each model, interleaved, batch {args.batch_size}x"
+        f"{args.max_length}, fp32, {torch.get_num_threads()} CPU thread(s) (--threads or OMP_NUM_THREADS to change)"
     )
     print(f"compact model and report: {export_dir}; plot: {sorted(str(p) for p in export_dir.glob('*.png'))}")
     return results
