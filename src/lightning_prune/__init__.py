@@ -11,9 +11,14 @@ computes what the gated model computed::
     compact = lp.load_compact("compact/")
 """
 
+from lightning_prune.dependencies import check_dependency_versions
+
+check_dependency_versions()  # first: an unsupported transformers/torch fails here with the fix, not later
+
 from lightning_prune.adapters import ModelAdapter, available_adapters, register_adapter
 from lightning_prune.errors import (
     AttachStateError,
+    DependencyVersionError,
     ExportMismatchError,
     NonFiniteError,
     PruningConfigError,
@@ -70,4 +75,5 @@ __all__ = [
     "ExportMismatchError",
     "NonFiniteError",
     "AttachStateError",
+    "DependencyVersionError",
 ]

@@ -26,3 +26,8 @@ class NonFiniteError(FloatingPointError):
 
 class AttachStateError(RuntimeError):
     """The gated model changed in a way the pruner cannot follow (e.g. LoRA applied after ``attach``)."""
+
+
+class DependencyVersionError(ImportError):
+    """An installed dependency is outside the versions lightning-prune supports (the message says which and how to
+    install a supported set)."""
