@@ -36,7 +36,8 @@ from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import check_equivalence, check_generation
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
-from lightning_prune.ops import mask_mul, set_kept_count
+from lightning_prune.ops import mask_mul
+from lightning_prune.selection import select_masks, validate_multiple_of
 from lightning_prune.structures import PER_LAYER_EXPORT_STRUCTURES, STRUCTURE_DOCS, StructureSpec
 
 log = logging.getLogger("lightning_prune")
@@ -140,6 +141,7 @@ class Pruner:
                     f"`keep_units[{name!r}]`={count} (or `target_architecture[{name!r}]`) exceeds the "
                     f"{self.specs[name].units} units of a row of {name!r}{gqa}. Choose at most that many."
                 )
+        validate_multiple_of(config.multiple_of, self.specs, config.keep_units)
         self.cost = CostModel(self.adapter.cost_terms(config.flops_seq_len))
         self._check_target_reachable()
         #: The self-distillation teacher pass (``None`` unless ``config.distill_weight > 0``: then no extra forward).
@@ -285,7 +287,9 @@ class Pruner:
 
     @torch.no_grad()
     def deterministic_masks(self) -> dict[str, torch.Tensor]:
-        """Binary eval-mode masks: top-k units per row by gate score, k from :meth:`keep_counts`.
+        """Binary eval-mode masks: the top :meth:`keep_counts` units per row by gate score, rounded to
+        ``multiple_of`` and, with ``match_target``, corrected to meet the current target exactly
+        (:func:`lightning_prune.selection.select_masks`).
 
         They depend on the gate parameters only (never on a batch) and are cached until those change.
         """
@@ -294,89 +298,30 @@ class Pruner:
         key += tuple(sorted(self.config.keep_units.items())) + tuple(sorted(self.config.multiple_of.items()))
         if self._deterministic_cache is not None and self._deterministic_cache[0] == key:
             return self._deterministic_cache[1]
-        masks = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
-        if self.config.match_target and self.phase != "dense":
-            masks = self._match_target(masks)
-        if self.config.multiple_of:
-            masks = self._round_counts(masks)
+        start = {name: gate.deterministic(self.keep_counts(name)) for name, gate in self.gates.items()}
+        scores = {name: gate.score().detach() for name, gate in self.gates.items()}
+        match = self.config.match_target and self.phase != "dense"
+        options = dict(
+            metric=self.config.target,
+            match_target=match,
+            uniform=self.config.uniform,
+            multiple_of=self.config.multiple_of,
+        )
+        masks = select_masks(
+            start, scores, self.specs, self.cost, self.current_target(), fixed=set(self.config.keep_units), **options
+        )
         if self.config.uniform:  # a shape the family's standard config can express
-            scores = {name: gate.score().detach() for name, gate in self.gates.items()}
-            masks = self.adapter.uniform_masks(masks, scores, set(self.config.keep_units))
+            adjusted = self.adapter.uniform_masks(masks, scores, set(self.config.keep_units))
+            changed = {name for name in masks if adjusted[name] is not masks[name]}
+            if changed and match:  # the adapter moved some counts: the others meet the target around them
+                fixed = set(self.config.keep_units) | changed | ({"heads"} if "hidden" in changed else set())
+                adjusted = select_masks(
+                    adjusted, scores, self.specs, self.cost, self.current_target(), fixed=fixed, **options
+                )
+            masks = adjusted
         masks = {name: self.gates[name].eval_values(m) for name, m in masks.items()}  # e.g. γ · binary (polarization)
         self._deterministic_cache = (key, masks)
         return masks
-
-    def _round_counts(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every row of a ``multiple_of`` structure keeps the nearest multiple of its step (see the config)."""
-        out = dict(masks)
-        for name, step in self.config.multiple_of.items():
-            if name not in masks or name in self.config.keep_units:
-                continue
-            score = self.gates[name].score().detach()
-            rows = []
-            for mask, row_score in zip(masks[name], score):
-                kept, units = int((mask != 0).sum()), mask.numel()
-                wanted = 0 if kept == 0 else min(max(step, round(kept / step) * step), units // step * step or units)
-                rows.append(set_kept_count(mask, row_score, wanted))
-            out[name] = torch.stack(rows)
-        return out
-
-    def _match_target(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Adjust learned counts so the exact sparsity reaches the current target (within one unit).
-
-        ``round(Σ P(kept))`` overestimates the kept count: a gate clamped at ``log α = −4.6`` still has
-        ``P(z ≠ 0) ≈ 0.05``, so a layer with many closed units "keeps" a few phantom ones. Here units are
-        removed lowest score first (or the best pruned ones restored when the masks overshoot) until
-        the exact prunable sparsity is the smallest value ≥ target. Per-unit costs are the exact
-        marginal costs (the gradient of the cost model at the current masks). With ``uniform=True``
-        whole slices (one unit in every layer) move together; ``keep_units`` structures never move.
-        """
-        target = self.current_target()
-        use_flops = self.config.target == "flops"
-        dense = self.cost.dense_prunable_flops if use_flops else self.cost.dense_prunable_params
-        values = {k: v.detach().clone().float().requires_grad_(True) for k, v in masks.items()}
-        with torch.enable_grad():
-            kept = self.cost.prunable(values)[1 if use_flops else 0]
-            if not torch.is_tensor(kept) or not kept.requires_grad:
-                return masks
-            grads = dict(zip(values, torch.autograd.grad(kept, list(values.values()), allow_unused=True)))
-        deficit = float(kept) - (1.0 - target) * dense  # > 0: too much kept
-        movable = [n for n in masks if n not in self.config.keep_units and grads.get(n) is not None]
-        if not movable or abs(deficit) < 1e-9:
-            return masks
-        candidates: list[tuple[float, float, str, torch.Tensor]] = []  # (score, cost, structure, index mask)
-        removing = deficit > 0
-        for name in movable:
-            score = self.gates[name].score().float()
-            cost = grads[name].float()
-            mask = masks[name]
-            pool = mask != 0 if removing else mask == 0
-            if self.config.uniform and self.specs[name].per_layer:
-                # k-th slice: the k-th worst kept (or best pruned) unit of every row
-                masked = torch.where(pool, score, torch.full_like(score, float("inf") if removing else -float("inf")))
-                order = torch.argsort(masked, dim=-1, descending=not removing, stable=True)
-                for k in range(int(pool.sum(-1).min())):
-                    sel = torch.zeros_like(mask, dtype=torch.bool)
-                    sel.scatter_(-1, order[:, k : k + 1], True)
-                    candidates.append((float(score[sel].mean()), float(cost[sel].sum()), name, sel))
-            else:
-                for idx in pool.nonzero():
-                    sel = torch.zeros_like(mask, dtype=torch.bool)
-                    sel[tuple(idx)] = True
-                    candidates.append((float(score[tuple(idx)]), float(cost[tuple(idx)]), name, sel))
-        candidates.sort(key=lambda c: c[0], reverse=not removing)
-        out = {k: v.clone() for k, v in masks.items()}
-        budget = deficit if removing else -deficit
-        for _, cost, name, sel in candidates:
-            if removing:
-                if budget <= 1e-9:
-                    break
-                out[name][sel] = 0.0
-                budget -= cost
-            elif cost <= budget + 1e-9:  # restore the best pruned units that still fit; skip costlier ones
-                out[name][sel] = 1.0
-                budget -= cost
-        return out
 
     # -- training ------------------------------------------------------------------------------------
     @property

@@ -71,22 +71,26 @@ def plain_parameter_sizes(model: nn.Module) -> dict[str, int]:
 def check_prunable_weights(model: nn.Module) -> None:
     """Refuse models whose weights the export cannot slice and merge exactly, before any gate is attached.
 
+    A model loaded from a GGUF file is accepted: transformers dequantizes it to plain float ``nn.Linear`` weights
+    (it only keeps ``quant_method="gguf"`` in the config); see :mod:`lightning_prune.adapters.quantization`.
+
     Raises:
-        UnsupportedModelError: a quantized base (transformers ``quantization_config``/``is_quantized``, or
-            integer weights such as bitsandbytes 8-bit or GPTQ packs) or DoRA adapters (``use_dora=True``).
+        UnsupportedModelError: a quantized base (a ``quantization_config`` whose loader keeps quantized storage, such
+            as bitsandbytes, GPTQ, AWQ, torchao or compressed-tensors; quantized layers or tensor subclasses; integer
+            or fp8 weights) or DoRA adapters (``use_dora=True``).
     """
+    from lightning_prune.adapters.quantization import DEQUANTIZED_ON_LOAD, find_quantized_weight, quantization_method
     from lightning_prune.errors import UnsupportedModelError
 
-    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    config = getattr(hf, "config", None)
-    quantization = getattr(config, "quantization_config", None) if config is not None else None
-    integer = [n for n, p in model.named_parameters() if not p.is_floating_point() and "lora_" not in n]
-    if getattr(hf, "is_quantized", False) or quantization is not None or integer:
-        found = f" (e.g. integer weight `{integer[0]}`)" if integer else ""
+    method = quantization_method(model)
+    found = find_quantized_weight(model)
+    if found is not None or (method is not None and method not in DEQUANTIZED_ON_LOAD):
+        detail = f" ({found})" if found else f" (quantization_config with quant_method={method!r})"
         raise UnsupportedModelError(
-            f"The model is quantized{found}: its weights cannot be sliced and merged exactly. Load the base in "
+            f"The model is quantized{detail}: its weights cannot be sliced and merged exactly. Load the base in "
             "bf16/fp32 to prune it (LoRA on top as usual), then quantize the compact export; QLoRA-style pruning "
-            "of a 4/8-bit base is not supported."
+            "of a 4/8-bit base is not supported. (A GGUF file loaded with `gguf_file=` is fine: transformers "
+            "dequantizes it to fp32.)"
         )
     dora = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
     if dora:

@@ -39,6 +39,7 @@ from lightning_prune.adapters.base import (
     plain_parameter_sizes,
 )
 from lightning_prune.adapters.hooks import install_block_hooks
+from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
@@ -390,7 +391,7 @@ class BertAdapter(ModelAdapter):
             and d_new // heads == self.head_dim  # BERT derives head size = hidden_size / num_attention_heads
             and (not self.readouts or self.pooler_size == d_new)  # the stock pooler / head dense is square
         )
-        config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
+        config = plain_config_dict(self.model.config)  # a dict: strict configs validate on every setattr
         config.update(hidden_size=d_new)
         if standard_ok:
             config.update(num_attention_heads=heads, intermediate_size=first["intermediate_size"])

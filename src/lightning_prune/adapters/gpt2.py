@@ -40,6 +40,7 @@ from lightning_prune.adapters.base import (
 )
 from lightning_prune.adapters.bert import masked_layer_norm
 from lightning_prune.adapters.hooks import install_block_hooks
+from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
@@ -321,7 +322,7 @@ class GPT2Adapter(ModelAdapter):
             and d_new % heads == 0
             and d_new // heads == self.head_dim  # GPT2Attention derives head_dim = n_embd / n_head
         )
-        config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
+        config = plain_config_dict(self.model.config)  # a dict: strict configs validate on every setattr
         config.update(n_embd=d_new)
         if standard_ok:
             config.update(n_head=heads, n_inner=first["intermediate_size"])

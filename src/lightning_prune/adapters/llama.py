@@ -35,6 +35,7 @@ from lightning_prune.adapters.base import (
 )
 from lightning_prune.adapters.head_dims import install_head_dim_hooks, qk_dim_index
 from lightning_prune.adapters.hooks import install_block_hooks
+from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.ops import set_kept_count
@@ -216,7 +217,7 @@ class LlamaAdapter(ModelAdapter):
 
     def _config_accepts(self, **values: int) -> bool:
         """Whether the family's config class validates with ``values`` (Mistral/Qwen accept any hidden size)."""
-        return _standard_config(type(self.model.config), {**self.model.config.to_dict(), **values}) is not None
+        return _standard_config(type(self.model.config), {**plain_config_dict(self.model.config), **values}) is not None
 
     # -- hooks -------------------------------------------------------------------------------------
     def root_module(self) -> nn.Module:
@@ -394,7 +395,7 @@ class LlamaAdapter(ModelAdapter):
             put(f"{self.head_name}.bias", b)
         surgery.finish()  # parameters no structure resizes, unchanged
 
-        config = self.model.config.to_dict()  # a dict: strict configs validate on every setattr
+        config = plain_config_dict(self.model.config)  # a dict: strict configs validate on every setattr
         config.update(hidden_size=d_new, head_dim=hd)
         config_class = type(self.model.config)
         # Pruned head dims need the per-layer attention (rotary subset, original scaling, qk_dim ≠ v_dim): no standard

@@ -67,10 +67,11 @@ class PruningConfig:
         uniform: keep the same number of units in every layer so that the export is a standard config.
         keep_units: optional exact number of units to keep per row for some structures, e.g.
             ``{"heads": 2, "ffn": 128}`` (Sheared-LLaMA's target architecture). Overrides the learned count.
-        match_target: make deterministic masks reach the current target exactly (to one unit): the learned
-            per-row counts are corrected by removing the lowest-scored kept units (or restoring the best
-            pruned ones). Without it the counts are ``round(Σ P(kept))`` per row (CoFi), which keeps a few
-            phantom units because closed hard-concrete gates still have ``P(kept) ≈ 0.05``.
+        match_target: make deterministic masks meet the current target exactly: the exact sparsity is at least
+            the target and as close to it as the units allow. The learned per-row counts are corrected by removing
+            the lowest-scored kept units (or restoring the best pruned ones that fit), see
+            :mod:`lightning_prune.selection`. Without it the counts are ``round(Σ P(kept))`` per row (CoFi), which
+            keeps a few phantom units because closed hard-concrete gates still have ``P(kept) ≈ 0.05``.
         gate_lr: learning rate of the gate parameters (own group, no weight decay).
         lagrangian_lr: learning rate of the Lagrange multipliers (gradient *ascent*); defaults to ``gate_lr``.
         flops_seq_len: sequence length used to count attention-score FLOPs.
@@ -86,8 +87,10 @@ class PruningConfig:
         multiple_of: per structure, keep a multiple of this many units in every row of the deterministic masks
             (the export), e.g. ``{"ffn": 32}``: matrix kernels run faster on widths that are multiples of 8–64,
             which matters most for per-layer exports whose widths are otherwise arbitrary. Each row moves to the
-            nearest multiple (never below one multiple when it keeps anything), so the sparsity can move off the
-            target by up to half a multiple per row.
+            nearest multiple (never below one multiple when it keeps anything, never above the largest multiple in
+            a row); with ``match_target`` whole groups of ``step`` units then move until the target is met, so the
+            sparsity stays at or above it (by less than one group). Without ``match_target`` it can move off the
+            target by up to half a multiple per row. A step larger than a row's units is refused at attach.
     """
 
     target_sparsity: float = 0.5
