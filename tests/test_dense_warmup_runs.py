@@ -2,8 +2,9 @@
 
 Before: ``max_steps`` < ``dense_steps`` warned, then the export compared masks taken in the dense phase with
 masks taken in the frozen phase, raised ``ExportMismatchError`` ("a bug in the adapter") and lost the run.
-Now a schedule known to end inside the warm-up is refused before the first step, and a run that stops there
-anyway (early stopping, an interrupt) exports the dense model it trained, checked like any export.
+Now a schedule known to end inside the warm-up is announced before the first step (not refused: training in
+chunks and resuming with a larger ``max_steps`` is legitimate), and a run that ends there, by its schedule or
+by early stopping, exports the dense model it trained, checked like any export.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from lightning_helpers import config, lit_llama, loader, trainer
 from test_hf_trainer import CONVERGING, MotifTokens, training_args
 
 import lightning_prune as lp
-from lightning_prune.errors import PruningConfigError
 from lightning_prune.export.report import count_parameters
 from lightning_prune.integrations.hf_trainer import PruningTrainer, PruningTrainerCallback
 
@@ -35,22 +35,28 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def test_lightning_refuses_max_steps_inside_the_warmup_before_training(tmp_path):
-    callback = lp.PruningCallback(config(), export_dir=tmp_path / "out", dense_steps=10)
-    module = lit_llama()
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    fit = trainer(3, [callback])
-    with pytest.raises(PruningConfigError, match=r"max_steps=...\)`=3 <= `dense_steps`=10.*Lower `dense_steps`"):
-        fit.fit(module, loader())
-    assert fit.global_step == 0 and not (tmp_path / "out").exists()
-    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items() if not k.startswith("model.pruning"))
+def test_lightning_warns_at_start_and_exports_the_dense_model(tmp_path):
+    callback = lp.PruningCallback(config(), export_dir=tmp_path / "out", dense_steps=10, plot=False)
+    with pytest.warns(UserWarning) as record:
+        trainer(3, [callback]).fit(lit_llama(), loader())
+    messages = [str(w.message) for w in record]
+    start = [m for m in messages if "ends before pruning starts" in m]
+    assert start and "`max_steps`=3 <= `dense_steps`=10" in start[0] and "Lower `dense_steps`" in start[0]
+    report = callback.pruner.last_report
+    assert report.params_after == report.params_before and report.max_abs_diff <= 1e-4 * report.reference_scale
+    assert (tmp_path / "out" / "config.json").exists()
 
 
-def test_lightning_epochs_inside_the_warmup_are_refused_too(tmp_path):
-    callback = lp.PruningCallback(config(), dense_steps=10)
+def test_lightning_epochs_inside_the_warmup_warn_too():
+    callback = lp.PruningCallback(config(), dense_steps=10, plot=False)
     fit = trainer(-1, [callback], max_epochs=2)  # 16 samples / batch 4 = 4 steps an epoch: 8 steps
-    with pytest.raises(PruningConfigError, match="`dense_steps`=10"):
+    with pytest.warns(UserWarning, match="`max_steps`=8 <= `dense_steps`=10"):
         fit.fit(lit_llama(), loader())
+
+
+def test_a_run_reaching_the_pruning_phase_does_not_warn(recwarn):
+    trainer(12, [lp.PruningCallback(config(), dense_steps=10, plot=False)]).fit(lit_llama(), loader())
+    assert not [w for w in recwarn if "pruning starts" in str(w.message) or "dense phase" in str(w.message)]
 
 
 def test_a_run_stopped_inside_the_warmup_exports_the_dense_model(tmp_path):
@@ -84,12 +90,14 @@ def test_plain_api_export_in_the_dense_phase_is_the_dense_model(caplog):
         assert torch.allclose(compact(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
 
 
-def test_hf_trainer_refuses_max_steps_inside_the_warmup(tmp_path):
+def test_hf_trainer_warns_and_exports_the_dense_model(tmp_path, caplog):
     model = tiny_causal_lm("llama").train()
     callback = PruningTrainerCallback(lp.L0Config(**CONVERGING), export_dir=tmp_path / "compact", dense_steps=10)
     hf = PruningTrainer(
         model=model, args=training_args(tmp_path, max_steps=4), train_dataset=MotifTokens(), callbacks=[callback]
     )
-    with pytest.raises(PruningConfigError, match=r"max_steps \(TrainingArguments\)`=4 <= `dense_steps`=10"):
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
         hf.train()
-    assert hf.state.global_step == 0 and not (tmp_path / "compact").exists()
+    assert "`max_steps`=4 <= `dense_steps`=10" in caplog.text
+    report = callback.pruner.last_report
+    assert report.params_after == report.params_before and report.max_abs_diff <= 1e-4 * report.reference_scale

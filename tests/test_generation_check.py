@@ -96,3 +96,21 @@ def test_encoders_skip_the_generation_check():
     randomize_gates(pruner)
     pruner.export()
     assert pruner.last_report.generation_max_abs_diff is None
+
+
+@pytest.mark.parametrize("positions", [4, 8])
+def test_models_with_few_positions_export(positions):
+    """The checks used 16 positions (plus the generated tokens) whatever the model; short-context configs crashed."""
+    from test_bert_adapter import tiny_encoder
+
+    gpt2 = lp.attach(tiny_gpt2(n_positions=positions), lp.L0Config(structures=("heads", "ffn"), target_sparsity=0.2))
+    config = tiny_encoder().config
+    config.max_position_embeddings = positions
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config).eval()
+    encoder = lp.attach(bert, lp.L0Config(structures=("heads",), target_sparsity=0.2))
+    for pruner in (gpt2, encoder):
+        randomize_gates(pruner)
+        pruner.export()
+        assert pruner.last_report.max_abs_diff <= 1e-4 * pruner.last_report.reference_scale
+    assert gpt2.last_report.generation_max_abs_diff is not None

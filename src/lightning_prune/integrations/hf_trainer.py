@@ -207,7 +207,9 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
                 "penalty to the loss and the gate groups to the optimizer); a plain transformers.Trainer cannot. "
                 "Replace `Trainer(...)` by `PruningTrainer(...)` with the same arguments."
             )
-        self.check_reaches_pruning(state.max_steps, "max_steps (TrainingArguments)")
+        warning = self.schedule_warning(state.max_steps, "max_steps")
+        if warning is not None and state.is_world_process_zero:
+            log.warning(warning)
         self.set_step(state.global_step)  # after a resume the global step is known only now
         return control
 

@@ -319,8 +319,9 @@ class PruningCallback(Callback, PhaseSchedule):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.fast_dev_run:  # a smoke test may stop anywhere
-            self.check_reaches_pruning(_known_total_steps(trainer), "Trainer(max_steps=...)")
+        warning = None if trainer.fast_dev_run else self.schedule_warning(_known_total_steps(trainer), "max_steps")
+        if warning is not None:  # a smoke test (fast_dev_run) may stop anywhere
+            rank_zero_warn(warning)
         # after a resume the global step is known only now
         self._set_phase(self.phase_at(trainer.global_step), trainer.global_step)
         if not self._pruner.hf_model.training:

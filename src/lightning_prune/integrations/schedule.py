@@ -104,18 +104,19 @@ class PhaseSchedule:
         for name, value in flags.items():
             setattr(self, name, value)
 
-    def check_reaches_pruning(self, total_steps: int | None, where: str = "max_steps") -> None:
-        """Refuse, before any training, a run whose last step falls inside the dense warm-up.
+    def schedule_warning(self, total_steps: int | None, where: str = "max_steps") -> str | None:
+        """A warning for a run whose last step falls inside the dense warm-up (``None`` when it reaches pruning).
 
-        Such a run would train no gate and could only ship the dense model, after spending the whole budget.
-        ``total_steps``: the run's optimizer steps when they are known in advance (``None`` or ``<= 0``: unknown).
+        Such a run trains no gate and exports the dense model. It is not refused: training in chunks (stop at
+        step 2, resume with a larger ``max_steps``) is legitimate. ``total_steps``: the run's optimizer steps
+        when they are known in advance (``None`` or ``<= 0``: unknown).
         """
         if total_steps is None or total_steps <= 0 or total_steps > self.dense_steps:
-            return
-        raise PruningConfigError(
-            f"The run ends before pruning starts: `{where}`={total_steps} <= `dense_steps`={self.dense_steps}, so the "
-            "gates would never train and the export would be the dense model. Lower `dense_steps` (e.g. to "
-            f"{max(0, total_steps // 10)}) or train for more steps."
+            return None
+        return (
+            f"lightning-prune: this run ends before pruning starts (`{where}`={total_steps} <= "
+            f"`dense_steps`={self.dense_steps}): the gates will not train and the export will be the dense model. "
+            f"Lower `dense_steps` (e.g. to {max(0, total_steps // 10)}) or train for more steps to prune."
         )
 
     def phase_at(self, global_step: int) -> str:
