@@ -42,17 +42,6 @@ def meta_model(shape: dict):
         return LlamaForCausalLM(LlamaConfig(**shape, head_dim=shape["hidden_size"] // shape["num_attention_heads"]))
 
 
-def materialise_gates(pruner, seed: int) -> None:
-    """Gates and multipliers created on the meta device hold no values: give them real (random) ones on the CPU."""
-    if any(t.is_meta for t in list(pruner.state.parameters()) + list(pruner.state.buffers())):
-        pruner.state.to_empty(device="cpu")
-        with torch.no_grad():
-            for p in pruner.state.parameters():
-                p.zero_()
-            pruner.state.step.zero_()
-    randomise(pruner, seed)
-
-
 def randomise(pruner, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -82,7 +71,7 @@ def run(
     start = time.perf_counter()
     pruner = lp.attach(model, config)
     attach_s = time.perf_counter() - start
-    materialise_gates(pruner, seed=0)
+    randomise(pruner, seed=0)  # attach on a meta model gives real gates on the CPU
     units = sum(spec.rows * spec.units for spec in pruner.specs.values())
 
     def penalty_step():

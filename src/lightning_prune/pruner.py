@@ -63,13 +63,24 @@ class PruningState(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Every conversion keeps the values: fp32 whatever the dtype asked for, and ``model.to_empty(device=...)``
+        (which materialises a model built on the meta device with uninitialised memory) carries the gates and
+        multipliers over instead of wiping them. A checkpoint loaded afterwards still replaces them."""
+
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
             if t.is_floating_point() and out.is_floating_point() and out.dtype != torch.float32:
                 out = out.float()
             return out
 
-        return super()._apply(keep_fp32, recurse)
+        tensors = dict(self.named_parameters()) | dict(self.named_buffers())
+        saved = {name: t.detach().clone() for name, t in tensors.items() if not t.is_meta}
+        out = super()._apply(keep_fp32, recurse)
+        with torch.no_grad():
+            for name, t in (dict(self.named_parameters()) | dict(self.named_buffers())).items():
+                if name in saved and not t.is_meta and t.shape == saved[name].shape:
+                    t.copy_(saved[name])
+        return out
 
 
 class Pruner:
@@ -146,10 +157,14 @@ class Pruner:
         self._check_target_reachable()
         #: The self-distillation teacher pass (``None`` unless ``config.distill_weight > 0``: then no extra forward).
         self.distiller: SelfDistiller | None = SelfDistiller(self) if config.distill_weight > 0 else None
-        gates = config.build_gates(self.specs)
-        self.state = PruningState(gates, config.build_regularizer(self))
+        # Built on the CPU (whatever default device is in force), then moved to the model's device; a model on the
+        # meta device (weights to be loaded later) gets real gates on the CPU: `model.to_empty(device=...)` then
+        # carries their values along (see `PruningState._apply`) and a checkpoint load replaces them.
+        with torch.device("cpu"):
+            gates = config.build_gates(self.specs)
+            self.state = PruningState(gates, config.build_regularizer(self))
         device = next((p.device for p in self.hf_model.parameters()), torch.device("cpu"))
-        self.state.to(device)
+        self.state.to(device if device.type != "meta" else torch.device("cpu"))
         model.add_module(STATE_ATTRIBUTE, self.state)
         self._lean = all(gate.exact_zero_gradient for gate in gates.values())
         self.phase = "prune"
