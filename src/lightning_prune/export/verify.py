@@ -58,13 +58,13 @@ def check_equivalence(
 ) -> tuple[float, float]:
     """Return ``(max_abs_diff, reference_scale)`` or raise :class:`ExportMismatchError`.
 
-    ``seq_len`` is shortened for models with fewer positions (room is left for the generation check's tokens).
+    ``seq_len`` is shortened for models with fewer positions.
     """
     generator = torch.Generator().manual_seed(seed)
     device = next(gated.parameters()).device
     limit = max_positions(gated)
     if limit is not None:
-        seq_len = max(1, min(seq_len, limit - GENERATION_CHECK_TOKENS))
+        seq_len = min(seq_len, limit)
     inputs = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
     modes = (gated.training, compact.training)
     gated.eval()
@@ -126,7 +126,10 @@ def check_generation(
     generator = torch.Generator().manual_seed(seed)
     device = next(gated.parameters()).device
     limit = max_positions(gated)
-    if limit is not None:
+    if limit is not None:  # prompt + generated tokens must fit the position table
+        if limit < 2:
+            return None
+        new_tokens = min(new_tokens, limit - 1)
         seq_len = max(1, min(seq_len, limit - new_tokens))
     prompt = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
     # A fresh config: the model's own generation config (sampling, stop tokens) must not shorten the run.
