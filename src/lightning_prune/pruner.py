@@ -31,7 +31,8 @@ from lightning_prune.adapters.base import check_prunable_weights
 from lightning_prune.cost import CostModel
 from lightning_prune.distill import SelfDistiller
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError, UnsupportedModelError
-from lightning_prune.export.merge import merged_state_dict, unwrap_model
+from lightning_prune.export.io import DEFAULT_MAX_SHARD_SIZE
+from lightning_prune.export.merge import MergedWeights, unwrap_model
 from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import check_equivalence, check_generation
 from lightning_prune.gates import Gate
@@ -519,7 +520,7 @@ class Pruner:
             masks = {name: torch.ones(spec.rows, spec.units) for name, spec in self.specs.items()}
         else:
             masks = self.deterministic_masks()
-        state = merged_state_dict(self.model, skip_prefix=STATE_ATTRIBUTE)
+        state = MergedWeights(self.model, skip_prefix=STATE_ATTRIBUTE)  # merged per tensor as the adapter reads it
         compact, info = self.config.build_compact(self, state, masks)
         compact.eval()  # a fresh model starts in training mode (dropout on); exports are for inference
         del state
@@ -561,16 +562,21 @@ class Pruner:
         log.info("lightning-prune: %s", report.summary())
         return compact
 
-    def save_compact(self, path: str | Path, overwrite: bool = False, compact: nn.Module | None = None) -> Path:
-        """Export (unless ``compact`` is given) and write the compact model to ``path`` atomically."""
-        from lightning_prune.export.io import save_compact
+    def save_compact(
+        self,
+        path: str | Path,
+        overwrite: bool = False,
+        compact: nn.Module | None = None,
+        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    ) -> Path:
+        """Export (unless ``compact`` is given) and write the compact model to ``path`` atomically, as safetensors
+        files of at most ``max_shard_size`` each (``"2GB"``, ``"500MB"`` or bytes) that ``load_compact`` reads."""
+        from lightning_prune.export.io import check_export_dir, save_compact
 
         path = Path(path)
-        from lightning_prune.export.io import check_export_dir
-
         check_export_dir(path, overwrite)  # fail before spending time on the export
         compact = compact if compact is not None else self.export()
-        return save_compact(compact, path, report=self.last_report, overwrite=overwrite)
+        return save_compact(compact, path, report=self.last_report, overwrite=overwrite, max_shard_size=max_shard_size)
 
     # -- life cycle ----------------------------------------------------------------------------------
     def _check_attached(self) -> None:

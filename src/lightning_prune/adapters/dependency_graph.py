@@ -350,9 +350,11 @@ class DependencyGraphAdapter(ModelAdapter):
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
         from lightning_prune.export.history import prune_by_groups
+        from lightning_prune.export.merge import owned_state
 
         compact = copy.deepcopy(self.template)
-        compact.load_state_dict(state, strict=True, assign=True)  # the meta tensors are replaced by the state's
+        # the meta tensors are replaced by the state's, copies where they are the live model's (folded in place below)
+        compact.load_state_dict(owned_state(state), strict=True, assign=True)
         mask = masks.get(STRUCTURE)
         if mask is None:
             mask = torch.ones(1, self.units)

@@ -221,7 +221,8 @@ class GPT2Adapter(ModelAdapter):
     def build_compact(
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
-        from lightning_prune.export.per_layer import build_per_layer_model  # local: avoids a cycle
+        from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
+        from lightning_prune.export.per_layer import build_per_layer_model
 
         p, d, hd, L = self.prefix, self.hidden_size, self.head_dim, self.num_layers
         surgery = CompactState(state, masks)
@@ -292,17 +293,9 @@ class GPT2Adapter(ModelAdapter):
             put(f"{self.head_name}.bias", b)
         surgery.finish()  # parameters no structure resizes, unchanged
 
-        compact, uniform = self._instantiate(d_new, layer_shapes, build_per_layer_model)
-        compact.to(dtype=next(iter(new.values())).dtype)
-        missing, unexpected = compact.load_state_dict(new, strict=False)
-        missing = [k for k in missing if not (self.tied and k == f"{self.head_name}.weight")]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"Internal error building the compact model: missing keys {missing[:5]}, unexpected {unexpected[:5]}. "
-                "Please report this with your model config."
-            )
-        if self.tied:
-            compact.tie_weights()
+        with parameters_on_meta():  # no memory and no random init: the sliced tensors become the parameters
+            compact, uniform = self._instantiate(d_new, layer_shapes, build_per_layer_model)
+        assign_weights(compact, new, state, self.model, tied=f"{self.head_name}.weight" if self.tied else None)
         self._hidden_keep = h_keep.cpu()
         info = {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
         return compact.to(dev).eval(), info  # eval mode, like from_pretrained (a fresh nn.Module trains)

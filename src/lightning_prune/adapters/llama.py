@@ -299,7 +299,8 @@ class LlamaAdapter(ModelAdapter):
     def build_compact(
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
-        from lightning_prune.export.per_layer import build_per_layer_model  # local: avoids a cycle
+        from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
+        from lightning_prune.export.per_layer import build_per_layer_model
 
         p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
         nh, nkv, L = self.num_heads, self.num_kv_heads, self.num_layers
@@ -408,22 +409,13 @@ class LlamaAdapter(ModelAdapter):
         )
         counts = {k: layer_shapes[0][k] for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
         standard = _standard_config(config_class, {**config, **counts}) if uniform else None
-        if standard is not None:
-            with torch.device("cpu"):
+        with parameters_on_meta():  # no memory and no random init: the sliced tensors become the parameters
+            if standard is not None:
                 compact = type(self.model)(standard)
-        else:
-            compact = build_per_layer_model(self.family, type(self.model).__name__, config, layer_shapes)
+            else:
+                compact = build_per_layer_model(self.family, type(self.model).__name__, config, layer_shapes)
         uniform = standard is not None
-        compact.to(dtype=next(iter(new.values())).dtype)
-        missing, unexpected = compact.load_state_dict(new, strict=False)
-        missing = [k for k in missing if not (self.tied and k == f"{self.head_name}.weight")]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"Internal error building the compact model: missing keys {missing[:5]}, unexpected {unexpected[:5]}. "
-                "Please report this with your model config."
-            )
-        if self.tied:
-            compact.tie_weights()
+        assign_weights(compact, new, state, self.model, tied=f"{self.head_name}.weight" if self.tied else None)
         return compact.to(dev), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
 
 

@@ -42,16 +42,36 @@ def check_export_dir(path: Path, overwrite: bool) -> None:
         raise PermissionError(f"Cannot write the export to {str(path)!r}: {str(parent)!r} is not writable.")
 
 
+#: Default largest safetensors file of an export: a 7B model in bf16 is 7 files, each written straight from the
+#: model's tensors (safetensors >= 0.6 writes without a serialised copy in memory).
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+
+
 def save_compact(
-    model: nn.Module, path: str | Path, report: ExportReport | None = None, overwrite: bool = False, tokenizer=None
+    model: nn.Module,
+    path: str | Path,
+    report: ExportReport | None = None,
+    overwrite: bool = False,
+    tokenizer=None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> Path:
-    """Save a compact model (safetensors + config, plus the modeling file for per-layer shapes)."""
+    """Save a compact model (safetensors + config, plus the modeling file for per-layer shapes).
+
+    Args:
+        model: the compact model (``Pruner.export()``).
+        path: the directory to write; it is written next to it and renamed into place when complete.
+        report: the export report, written as ``export_report.json``.
+        overwrite: replace a non-empty ``path``.
+        tokenizer: saved alongside when given.
+        max_shard_size: largest weights file (``"2GB"``, ``"500MB"`` or bytes); a bigger model is written as
+            ``model-0000i-of-0000n.safetensors`` with an index, which ``load_compact`` and ``from_pretrained`` read.
+    """
     path = Path(path)
     check_export_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)  # safetensors (the only format of transformers 5)
         model_type = getattr(model.config, "model_type", "")
         if model_type.startswith(MODEL_TYPE_PREFIX):
             (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX) :]))

@@ -19,36 +19,55 @@ the MLP width do not change.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, MutableMapping
 
 import torch
 from torch import nn
+
+from lightning_prune.export.merge import MergedWeights
 
 NORM_KEYS = ("input_layernorm", "post_attention_layernorm")
 
 
 @torch.no_grad()
 def fold_hsms_(
-    state: dict[str, torch.Tensor], hsms: nn.ModuleDict, prefix: str, num_layers: int, kept: int, hidden: int
+    state: MutableMapping[str, torch.Tensor],
+    hsms: nn.ModuleDict,
+    prefix: str,
+    num_layers: int,
+    kept: int,
+    hidden: int,
 ) -> None:
-    """Fold every HSM into ``state`` (plain model keys under ``prefix``) and rescale the norm weights, in place."""
+    """Fold every HSM into ``state`` (plain model keys under ``prefix``) and rescale the norm weights, in place.
 
-    def apply(key: str, matrix: torch.Tensor, transpose: bool = False) -> None:
-        value = state[key]
-        folded = value.double() @ matrix.t() if transpose else matrix @ value.double()
-        state[key] = folded.to(value.dtype)
+    On the export's :class:`~lightning_prune.export.merge.MergedWeights` the folds are registered as transforms
+    that run when the adapter reads each weight, so no folded full-size copy waits for its turn."""
 
-    apply(f"{prefix}embed_tokens.weight", hsms["embed"].matrix().to(state[f"{prefix}embed_tokens.weight"].device), True)
+    def update(key: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if isinstance(state, MergedWeights):
+            state.transform(key, torch.no_grad()(fn))
+        else:
+            state[key] = fn(state[key])
+
+    def fold(site: str, transpose: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        def apply(value: torch.Tensor) -> torch.Tensor:
+            matrix = hsms[site].matrix().to(value.device)
+            folded = value.double() @ matrix.t() if transpose else matrix @ value.double()
+            return folded.to(value.dtype)
+
+        return apply
+
+    update(f"{prefix}embed_tokens.weight", fold("embed", transpose=True))
     for l in range(num_layers):
         for site, module in ((f"attn_{l}", "self_attn.o_proj"), (f"mlp_{l}", "mlp.down_proj")):
             base = f"{prefix}layers.{l}.{module}"
-            matrix = hsms[site].matrix().to(state[f"{base}.weight"].device)
-            apply(f"{base}.weight", matrix)
+            update(f"{base}.weight", fold(site))
             if state.get(f"{base}.bias") is not None:
-                state[f"{base}.bias"] = (matrix @ state[f"{base}.bias"].double()).to(state[f"{base}.bias"].dtype)
+                update(f"{base}.bias", fold(site))  # M b: the same product on a vector
     factor = math.sqrt(hidden / kept)
     norms = [f"{prefix}norm.weight"] + [f"{prefix}layers.{l}.{n}.weight" for l in range(num_layers) for n in NORM_KEYS]
     for key in norms:
-        state[key] = (state[key].double() * factor).to(state[key].dtype)
+        update(key, lambda value: (value.double() * factor).to(value.dtype))
 
 
 def rescale_norm_eps_(model: nn.Module, kept: int, hidden: int) -> None:
