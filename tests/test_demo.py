@@ -19,12 +19,16 @@ def test_domain_dataset_is_balanced_deterministic_and_splits_templates():
     assert held_out and not any(e.text.startswith(tuple(h.capitalize() for h in held_out)) for e in train)
 
 
-def test_main_job_smoke(tmp_path, capsys):
+def test_main_job_smoke(tmp_path, capfd):
     threads = torch.get_num_threads()  # the suite runs with one thread (conftest), the machine has more cores
     results = main(["--steps", "8", "--n-train", "64", "--batch-size", "8", "--output", str(tmp_path)])
     # the user's thread setting is kept (forcing os.cpu_count() threads made a shared 2-core machine ~12x slower)
     assert results["threads"] == torch.get_num_threads() == threads
-    assert f"{threads} CPU thread(s)" in capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert f"{threads} CPU thread(s)" in out
+    # the console reads cleanly: no per-load report, no tips, no progress bar over a negative epoch count
+    for noise in ("LOAD REPORT", "Tip:", "Epoch 1/-2", "LeafSpec", "Loading weights"):
+        assert noise not in out + err, noise
     assert results["compact_params"] < results["dense_params"]
     assert 0.0 <= results["compact_accuracy"] <= 1.0
     # the compact model computes what the gated model computed: same accuracy on the test set

@@ -108,6 +108,27 @@ def latency_ms(models: dict, ids, mask, repeats: int = 15) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _quiet_the_console() -> None:
+    """Keep the run's output to what a user reads: progress, phases, results.
+
+    Silenced: transformers' per-load report (the new classifier head is expected to be missing from the
+    checkpoint) and its weight-loading/saving progress bars, Lightning's hardware and "Tip" lines, and a
+    deprecation warning Lightning's internals raise on every fit with torch >= 2.10.
+    """
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    noise = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:", "You are using a CUDA device")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith(noise)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = _parse(argv)
     import lightning as L
@@ -119,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    _quiet_the_console()
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     train, test = make_domain_dataset(n_train=args.n_train, n_test=400, seed=args.seed)
@@ -132,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
         trainer = L.Trainer(
             max_steps=args.steps,
+            max_epochs=-(-args.steps // len(loader)),  # the progress bar reads "Epoch 1/3", not "Epoch 1/-2"
             accelerator="cpu",
             devices=1,
             logger=L.pytorch.loggers.CSVLogger(args.output / "logs", name=name),
@@ -144,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.fit(module, loader)
         return module
 
+    print(f"MiniLM-L6 from {path}: a new {len(LABELS)}-label classifier head (initialised for this task)")
     dense = fit([], "dense").model
     export_dir = args.output / "compact"
     config = lp.L0Config(

@@ -130,7 +130,8 @@ class PruningCallback(Callback, PhaseSchedule):
         seed: base seed of the gate samples (each step draws from a seed derived from this and
             ``global_step``). ``None`` uses ``PL_GLOBAL_SEED`` (set by ``seed_everything``) or 0.
         log_stats: log the pruning statistics every ``log_every_n_steps`` under ``pruning/``.
-        prog_bar: show the exact sparsity as ``sparsity`` in the progress bar.
+        prog_bar: show the exact sparsity (``sparsity``), the schedule's current target (``target``) and the first
+            Lagrange multiplier (``λ1``, where the method has one) in the progress bar.
 
     Raises:
         PruningConfigError: an argument is invalid (the message lists the allowed values).
@@ -370,8 +371,11 @@ class PruningCallback(Callback, PhaseSchedule):
         if self.log_stats:
             metrics = {f"pruning/{k}": float(v) for k, v in stats.items()}
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=True, batch_size=1)
-        if self.prog_bar:
-            pl_module.log("sparsity", stats["exact_sparsity"], prog_bar=True, logger=False, on_step=True, batch_size=1)
+        if self.prog_bar:  # what a user watches: where the masks are, where the schedule wants them, the pull of λ
+            bar = {"sparsity": stats["exact_sparsity"], "target": stats["target_sparsity"]}
+            if "lambda_1" in stats:
+                bar["λ1"] = stats["lambda_1"]
+            pl_module.log_dict(bar, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
 
     # -- export ----------------------------------------------------------------------------------------
     @override
