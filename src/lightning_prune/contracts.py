@@ -122,7 +122,9 @@ class GateUpdateCheck:
         self.versions = self._versions()
 
     def _on_grad(self, param: torch.Tensor) -> None:
-        if id(param) not in self.grad_seen and param.grad is not None and bool(param.grad.detach().ne(0).any()):
+        if id(param) not in self.names or id(param) in self.grad_seen:  # e.g. a deep copy's parameter
+            return
+        if param.grad is not None and bool(param.grad.detach().ne(0).any()):
             self.grad_seen.add(id(param))
 
     def _versions(self) -> dict[int, int]:
@@ -143,7 +145,7 @@ class GateUpdateCheck:
         moved = {id(p) for p in params if self.versions.get(id(p), -1) != p._version}
         if not self.grad_seen:  # no gradient reached the gates (yet): nothing to conclude
             return False
-        stuck = [self.names[i] for i in sorted(self.grad_seen, key=self.names.get) if i not in moved]
+        stuck = sorted(self.names[i] for i in self.grad_seen if i not in moved)
         self.grad_seen = set()
         if not stuck:
             return True  # the optimizer updates the pruning parameters: done

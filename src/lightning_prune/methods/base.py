@@ -60,7 +60,7 @@ _KIND_WORDS = {
     "float": "a finite number",
     "str": "a string",
     "tuple[str, ...]": "a tuple of names such as ('heads', 'ffn')",
-    "dict[str, int]": "a dict of names to ints such as {'ffn': 32}",
+    "dict[str, int]": "a dict of structure names to ints such as {'ffn': 32}",
 }
 
 
@@ -68,6 +68,8 @@ _KIND_WORDS = {
 _FIELD_WORDS = {
     "target_sparsity": "a number in [0, 1) (the fraction of prunable parameters to remove)",
     "structures": "a tuple of structure names such as ('heads', 'ffn')",
+    "distill_weight": "a non-negative number (0 turns it off)",
+    "distill_hidden_weight": "a non-negative number (0 turns it off)",
 }
 
 
@@ -121,9 +123,9 @@ def _checked_value(config: Any, name: str, kind: str, optional: bool, value: Any
             return (value,)
         if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
             return tuple(value)
-    if kind == "dict[str, int]" and isinstance(value, Mapping):
-        if all(isinstance(k, str) and _is_count(v) for k, v in value.items()):
-            return {k: int(v) for k, v in value.items()}
+    if kind == "dict[str, int]" and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        # the counts are checked by the class, whose message says what they count
+        return {k: int(v) if _is_count(v) else v for k, v in value.items()}
     if kind not in _KIND_WORDS:  # an annotation this check does not know: the class validates it itself
         return value
     raise _bad_type(config, name, kind, optional, value)
@@ -163,6 +165,11 @@ def _types_checked_first(post_init: Callable[[Any], None]) -> Callable[[Any], No
 @dataclass
 class PruningConfig:
     """Options shared by every method.
+
+    Every field is checked against its annotation when the config is built (a string, a bool where a number is
+    expected, NaN or ``None`` where a value is needed raise :class:`PruningConfigError` naming the field, the value
+    and the fix), then against its range. ``attach`` fixes the config: the pruner keeps its own copy and the object
+    passed in becomes read-only (see :func:`lightning_prune.attach`).
 
     Args:
         target_sparsity: fraction of *prunable parameters* (or FLOPs, see ``target``) to remove, in
@@ -320,7 +327,7 @@ class PruningConfig:
                 raise PruningConfigError(
                     f"`keep_units` names {key!r}, which is not in `structures` {self.structures}; add it there."
                 )
-            if not isinstance(count, int) or count < 0:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise PruningConfigError(
                     f"`keep_units[{key!r}]` must be a non-negative int (units to keep per row), got {count!r}."
                 )
