@@ -200,9 +200,10 @@ EDITS = [
      r"setting `warmup_steps`=7 here would have no effect"),
     ("user's structures", "structures", ("ffn",), False, AttachStateError, r"setting `structures`=\('ffn',\)"),
     ("pruner's gate_lr", "gate_lr", 0.5, True, AttachStateError,
-     r"`pruner\.config\.gate_lr` cannot change after attach\(\).*Only \['match_target', 'export_rtol'\].*"
+     r"`pruner\.config\.gate_lr` cannot change after attach\(\).*Only \[('match_target', )?'export_rtol'\].*"
      r"pruner\.detach\(\)"),
     ("pruner's export_rtol", "export_rtol", 1e-3, True, None, None),
+    ("pruner's match_target, same value", "match_target", "current", True, None, None),
     ("pruner's export_rtol str", "export_rtol", "1e-3", True, PruningConfigError,
      r"`export_rtol` must be a finite number, got '1e-3' \(str\)"),
 ]  # fmt: skip
@@ -216,6 +217,7 @@ def test_config_edits_after_attach_are_refused_for_every_method(make, field, val
     assert pruner.config is not config and pruner.config == config
     target = pruner.config if on_pruner else config
     before = getattr(pruner.config, field)
+    value = before if value == "current" else value  # a no-op assignment is always fine
     if error is None:
         setattr(target, field, value)
         assert getattr(pruner.config, field) == value
@@ -290,3 +292,13 @@ def test_atp_export_warns_when_pruned_lora_groups_are_not_zero(caplog, prepare, 
         assert not warned
     else:
         assert len(warned) == 1 and re.search(pattern, warned[0]), warned
+
+
+@pytest.mark.parametrize(
+    "config", [lp.STEConfig(target_sparsity=0.3), lp.PolarizationConfig(target_sparsity=0.3, decision="target")]
+)
+def test_match_target_is_not_live_where_the_method_fixes_it(config):
+    """STE's export mask is its training mask and polarization's ``match_target`` follows ``decision``."""
+    pruner = lp.attach(tiny_causal_lm("llama"), config)
+    with pytest.raises(AttachStateError, match=r"`pruner\.config\.match_target` cannot change.*Only \['export_rtol'\]"):
+        pruner.config.match_target = not pruner.config.match_target
