@@ -203,20 +203,19 @@ def test_generator_mode_masks_the_merged_output():
 def test_generator_update_uses_soft_samples_and_a_budget_on_their_binary_form():
     """As in the released code's ``hypernet_step``: the task forward sees ``σ((z + g + b)/T)`` itself, the budget
     (``budget_on="samples"``) its binary straight-through form; ``"hard"`` gives that binary form to the forward."""
-    model, pruner, atp = attach_atp(budget_on="samples")
-    assert atp.config.generator_masks == "soft"  # the default
-    spread_generator(pruner)
-    layer = pruner.adapter.layers[1]
-    store: dict = {}
-    handles = [
-        capture(layer.mlp.up_proj, store, "up"),
-        capture(layer.mlp.gate_proj, store, "gate"),
-        capture(layer.mlp.down_proj.base_layer, store, "down_in", pre=True),
-    ]
-    model.train()
+    assert lp.ATPConfig().generator_masks == "soft"  # the default
     masks = {}
-    for kind in ("soft", "hard"):
-        atp.config.generator_masks = kind
+    for kind in ("soft", "hard"):  # the same seeded model and generator for both kinds
+        model, pruner, atp = attach_atp(budget_on="samples", generator_masks=kind)
+        spread_generator(pruner)
+        layer = pruner.adapter.layers[1]
+        store: dict = {}
+        handles = [
+            capture(layer.mlp.up_proj, store, "up"),
+            capture(layer.mlp.gate_proj, store, "gate"),
+            capture(layer.mlp.down_proj.base_layer, store, "down_in", pre=True),
+        ]
+        model.train()
         torch.manual_seed(3)  # the same Gumbel noise for both kinds
         with atp.mode("generator"):
             model(**batch())
@@ -229,8 +228,8 @@ def test_generator_update_uses_soft_samples_and_a_budget_on_their_binary_form():
             m = masks["soft"]["ffn"][1]
             expected = nn.functional.silu(store["gate"][1]) * store["up"][1] * m  # (W + BA)x ⊙ soft m
             assert max_diff(store["down_in"], expected) < 1e-5
-    for h in handles:
-        h.remove()
+        for h in handles:
+            h.remove()
     soft = masks["soft"]["ffn"]
     assert bool(((soft > 0.01) & (soft < 0.99)).any())  # not binary: the relaxation itself
     for k in ("heads", "ffn"):

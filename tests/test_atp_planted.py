@@ -27,6 +27,7 @@ The second test runs ATP on the loud L0 task itself, which needs the generator u
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -116,9 +117,12 @@ def run_planted(seed: int = 0, task=planted_task, control: int = CONTROL, frozen
     torch.manual_seed(seed)
     teacher, student, truth = task(seed)
     config = lp.ATPConfig(structures=("heads", "ffn"), target_sparsity=0.5, control_steps=control, **config)
+    rng = torch.get_rng_state()
     pruner = lp.attach(student, config)
     planted_sparsity = float(pruner.cost.sparsity(truth))
-    config.target_sparsity = planted_sparsity  # the matching target (0.5 here: half of each structure)
+    pruner.detach()  # the config is fixed at attach: attach again with the matching target (0.5 here)
+    torch.set_rng_state(rng)  # the same generator initialisation as the first attach
+    pruner = lp.attach(student, dataclasses.replace(config, target_sparsity=planted_sparsity))
     atp = ATPController(pruner)
     lora_opt, gen_opt = atp.optimizers(lr=LORA_LR)
     data_gen = torch.Generator().manual_seed(2000 + seed)

@@ -58,7 +58,6 @@ def test_planted_channels_recovered_and_export_matches():
     for p in student.parameters():
         p.requires_grad_(id(p) in own)  # only the gates (and λ) learn
     planted = float(pruner.cost.sparsity({"channels": truth[None]}))
-    config.target_sparsity = planted  # the matching target
     pruner.state.regularizer.target_sparsity = planted
     optimizer = torch.optim.Adam(pruner.param_groups(lr=0.0))
     pruner.hook_optimizer(optimizer)

@@ -59,7 +59,6 @@ def test_l0_gates_recover_planted_heads_and_channels():
     )
     pruner = lp.attach(student, config)
     planted_sparsity = float(pruner.cost.sparsity(truth))
-    config.target_sparsity = planted_sparsity  # the matching target
     pruner.state.regularizer.target_sparsity = planted_sparsity
     optimizer = torch.optim.Adam(pruner.param_groups(lr=0.0))
     pruner.hook_optimizer(optimizer)

@@ -19,9 +19,11 @@ from lightning_prune.adapters import ModelAdapter, available_adapters, register_
 from lightning_prune.errors import (
     AttachStateError,
     DependencyVersionError,
+    ExportDirectoryError,
     ExportMismatchError,
     NonFiniteError,
     PruningConfigError,
+    TrainingContractError,
     UnsupportedModelError,
 )
 from lightning_prune.export import ExportReport, load_compact, save_compact
@@ -76,4 +78,6 @@ __all__ = [
     "NonFiniteError",
     "AttachStateError",
     "DependencyVersionError",
+    "ExportDirectoryError",
+    "TrainingContractError",
 ]

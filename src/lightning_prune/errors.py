@@ -12,6 +12,13 @@ class PruningConfigError(ValueError):
     """A configuration value is invalid (a target outside [0, 1), an unknown structure name, ...)."""
 
 
+class ExportDirectoryError(PruningConfigError, FileExistsError):
+    """The export directory cannot receive the export: it is a file, it is not empty (and ``overwrite`` is off) or it
+    is not writable. Raised before any export work, by ``Pruner.save_compact``, ``save_compact``, the Lightning and
+    Hugging Face callbacks' ``export_dir`` checks and ``lightning-prune export`` alike; ``except PruningConfigError``,
+    ``except FileExistsError`` and ``except OSError`` all catch it."""
+
+
 class UnsupportedModelError(TypeError):
     """No registered model adapter can handle the model, or the model lacks something the adapter needs."""
 
@@ -26,6 +33,11 @@ class NonFiniteError(FloatingPointError):
 
 class AttachStateError(RuntimeError):
     """The gated model changed in a way the pruner cannot follow (e.g. LoRA applied after ``attach``)."""
+
+
+class TrainingContractError(RuntimeError):
+    """Training broke an assumption the pruner relies on, e.g. the gates receive gradients but the optimizer never
+    updates them (they were left out of its parameter groups). Raised at the first step where it shows."""
 
 
 class DependencyVersionError(ImportError):

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import ModelAdapter, resolve_adapter
 from lightning_prune.adapters.base import check_prunable_weights
+from lightning_prune.contracts import (
+    GateUpdateCheck,
+    check_example_inputs_run,
+    check_has_layers,
+    check_not_compiled,
+    check_optimizer_holds_gates,
+)
 from lightning_prune.cost import CostModel
 from lightning_prune.distill import SelfDistiller
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError, UnsupportedModelError
@@ -108,10 +116,13 @@ class Pruner:
                 f"This model already has gates attached (`model.{STATE_ATTRIBUTE}`). Call `pruner.detach()` on the "
                 "existing pruner first, or attach to a fresh model."
             )
+        check_not_compiled(model)
+        user_config, config = config, copy.deepcopy(config)  # the pruner's own copy: see `attach`
         self.model = model
         self.config = config
         self.hf_model = unwrap_model(model)
         check_prunable_weights(model)
+        check_has_layers(self.hf_model)
         if adapter is None and example_inputs is not None:  # plain CNN/MLP: trace it unless a family adapter matches
             try:
                 adapter_cls = resolve_adapter(self.hf_model)
@@ -124,6 +135,8 @@ class Pruner:
                 f"`example_inputs` was given but the {adapter_cls.name} adapter takes none (only tracing adapters such "
                 "as dependency_graph do). Drop the argument."
             )
+        if example_inputs is not None:  # wrong shapes fail here with the model's own error, not inside a tracer
+            check_example_inputs_run(self.hf_model, example_inputs)
         extra = {"example_inputs": example_inputs} if getattr(adapter_cls, "accepts_example_inputs", False) else {}
         self.adapter: ModelAdapter = adapter_cls(self.hf_model, **extra)
         available = self.adapter.structures()
@@ -136,6 +149,13 @@ class Pruner:
                 f"{f' ({known})' if known else ''}. Available: {list(available)} ({described})."
             )
         self.specs: dict[str, StructureSpec] = {s: available[s] for s in config.structures}
+        empty = {name: (spec.rows, spec.units) for name, spec in self.specs.items() if spec.rows < 1 or spec.units < 1}
+        if empty:
+            raise UnsupportedModelError(
+                f"{type(self.hf_model).__name__} has nothing to gate for {list(empty)} ((rows, units per row): "
+                f"{empty}): the model has no such units. Check its config (e.g. `intermediate_size`, "
+                "`num_hidden_layers`), or leave these structures out of `structures`."
+            )
         per_layer_only = sorted(PER_LAYER_EXPORT_STRUCTURES & set(self.specs))
         if per_layer_only and (config.uniform or getattr(config, "target_architecture", None)):
             log.warning(
@@ -191,6 +211,10 @@ class Pruner:
         self._handles += self._install_mask_hooks()
         if self.distiller is not None:
             self._handles += self.distiller.install()
+        user_config._lock("user")  # later edits to the user's object would not reach the pruner: refused loudly
+        config._lock("pruner")
+        #: Gate-update check of the first steps (see `_check_gates_updated`); `None` once it has concluded.
+        self._update_check: GateUpdateCheck | None = GateUpdateCheck(self)
         log.info(
             "lightning-prune: attached %s gates on %s to %s (%d prunable parameters, target sparsity %.2f of %s)",
             config.gate_kind,
@@ -243,7 +267,7 @@ class Pruner:
         """Copies and pickles leave out this forward pass's masks and derived values (non-leaf tensors that
         ``copy.deepcopy`` cannot copy): a copied model samples its own at its next forward."""
         state = self.__dict__.copy()
-        state.update(_cache={}, _masks=None, _deterministic_cache=None)
+        state.update(_cache={}, _masks=None, _deterministic_cache=None, _update_check=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -408,14 +432,39 @@ class Pruner:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Call after each ``optimizer.step()``: clamps the gates and advances the target schedule."""
+        """Call after each ``optimizer.step()``: clamps the gates and advances the target schedule.
+
+        In the first steps it also checks that the optimizer updates the gates and multipliers (see
+        :class:`~lightning_prune.contracts.GateUpdateCheck`).
+
+        Raises:
+            TrainingContractError: the gates received gradients but the optimizer did not update them (they are
+                not in its parameter groups); the message shows how to build the optimizer.
+        """
+        check = self._update_check
+        if check is not None and check.before_step():
+            self.stop_update_check()
         for gate in self.gates.values():
             gate.post_step_()
+        if self._update_check is not None:
+            self._update_check.after_step()
         if self.phase == "prune":
             self.state.step.add_(1)
 
+    def stop_update_check(self) -> None:
+        """Stop checking that the optimizer updates the gates: an integration that builds the optimizer groups itself
+        (Lightning, HF Trainer) has verified them already."""
+        if self._update_check is not None:
+            self._update_check.close()
+            self._update_check = None
+
     def hook_optimizer(self, optimizer: torch.optim.Optimizer):
-        """Call :meth:`step` automatically after every ``optimizer.step()``; returns the hook handle."""
+        """Call :meth:`step` automatically after every ``optimizer.step()``; returns the hook handle.
+
+        Raises:
+            TrainingContractError: trainable gates or multipliers are in none of the optimizer's groups.
+        """
+        check_optimizer_holds_gates(optimizer, self)
         return optimizer.register_step_post_hook(lambda *_: self.step())
 
     def set_phase(self, phase: str) -> None:
@@ -509,6 +558,7 @@ class Pruner:
         gated model's in eval mode on random inputs; a mismatch raises :class:`ExportMismatchError`.
         """
         self._check_attached()
+        self._check_materialised()
         self._check_finite_parameters()
         dense = self.phase == "dense"
         if dense:  # the gates never trained: the model the user has is the dense one, so that is what ships
@@ -597,8 +647,20 @@ class Pruner:
                 "get_peft_model does). Apply peft before lightning_prune.attach()."
             )
 
+    def _check_materialised(self) -> None:
+        meta = [n for n, t in self.model.named_parameters() if t.is_meta]
+        meta += [n for n, t in self.model.named_buffers() if t.is_meta]
+        if meta:
+            raise AttachStateError(
+                f"The model's weights were never materialised: {len(meta)} tensor(s) are still on the meta device "
+                f"(e.g. {meta[:3]}), so there is nothing to export. Load the weights first: "
+                "`model.to_empty(device='cpu')` then `model.load_state_dict(...)` (or a checkpoint load), keeping the "
+                "gates attached; or attach to a model loaded with `from_pretrained`."
+            )
+
     def detach(self) -> nn.Module:
         """Remove the hooks and the gates from the model; returns the model as it was before ``attach``."""
+        self.stop_update_check()
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -633,8 +695,17 @@ def attach(model: nn.Module, config: PruningConfig, adapter: str | None = None, 
         example_inputs: inputs for adapters that trace the model (the ``dependency_graph`` adapter for plain
             CNNs/MLPs): a tensor or tuple of tensors the model accepts positionally.
 
+    The config is fixed at attach, the same way for every method: the pruner keeps its own copy
+    (``pruner.config``), and the object passed in becomes read-only: setting one of its fields raises
+    :class:`AttachStateError` instead of being silently ignored (use ``dataclasses.replace(config, ...)`` for a
+    variant). On ``pruner.config`` only the fields read at use time (``PruningConfig.live_fields``:
+    ``match_target``, ``export_rtol``) may change; any other field raises, since the gates, the regulariser and the
+    schedule were built from it.
+
     Raises:
-        UnsupportedModelError: no adapter handles the model (the message lists the known ones).
-        PruningConfigError: the config asks for something the model cannot do.
+        UnsupportedModelError: no adapter handles the model (the message lists the known ones), the model is a
+            ``torch.compile`` wrapper, or it has no layers.
+        PruningConfigError: the config asks for something the model cannot do, or ``example_inputs`` do not run
+            through the model.
     """
     return Pruner(model, config, adapter=adapter, example_inputs=example_inputs)

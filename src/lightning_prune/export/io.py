@@ -16,6 +16,7 @@ from pathlib import Path
 import transformers
 from torch import nn
 
+from lightning_prune.errors import ExportDirectoryError
 from lightning_prune.export.per_layer import (
     MODEL_TYPE_PREFIX,
     MODELING_FILENAME,
@@ -25,21 +26,39 @@ from lightning_prune.export.per_layer import (
 from lightning_prune.export.report import REPORT_FILENAME, ExportReport
 
 
-def check_export_dir(path: Path, overwrite: bool) -> None:
-    """Raise before any work if ``path`` cannot receive an export."""
+def export_dir_problem(path: str | Path, overwrite: bool, overwrite_hint: str = "overwrite=True") -> str | None:
+    """Why ``path`` cannot receive an export (``None`` when it can); probes by writing a temporary file.
+
+    The one check behind every export path (``Pruner.save_compact``, ``save_compact``, the callbacks' ``export_dir``
+    and ``lightning-prune export``); ``overwrite_hint`` is how the caller's user turns ``overwrite`` on.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"Export path {str(path)!r} exists and is a file; choose a directory path.")
+        return f"Export directory {str(path)!r} exists and is a file; choose a directory path."
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"Export directory {str(path)!r} exists and is not empty. Pass overwrite=True to replace it, or choose "
-            "another directory."
+        return (
+            f"Export directory {str(path)!r} exists and is not empty. Pass {overwrite_hint} to replace it, or "
+            "choose another directory."
         )
-    parent = path.parent if not path.exists() else path
+    parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"Cannot write the export to {str(path)!r}: {str(parent)!r} is not writable.")
+    if not parent.is_dir():
+        return f"Export directory {str(path)!r} cannot be created: {str(parent)!r} is a file, not a directory."
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        return f"Export directory {str(path)!r} is not writable ({err}); choose a writable directory."
+    return None
+
+
+def check_export_dir(path: str | Path, overwrite: bool, overwrite_hint: str = "overwrite=True") -> None:
+    """Raise :class:`~lightning_prune.errors.ExportDirectoryError` before any work if ``path`` cannot receive an
+    export (see :func:`export_dir_problem`)."""
+    problem = export_dir_problem(path, overwrite, overwrite_hint)
+    if problem is not None:
+        raise ExportDirectoryError(problem)
 
 
 #: Default largest safetensors file of an export: a 7B model in bf16 is 7 files, each written straight from the

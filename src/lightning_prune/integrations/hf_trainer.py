@@ -25,16 +25,20 @@ Nothing here imports Lightning.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, config_mismatch, gate_shapes, run_record
 from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
@@ -129,18 +133,48 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         return self._pruner
 
     def check_export_dir(self) -> None:
-        """Raise :class:`PruningConfigError` if ``export_dir`` cannot receive the export."""
+        """Raise :class:`~lightning_prune.errors.ExportDirectoryError` if ``export_dir`` cannot receive the export."""
         if self.export_dir is None:
             return
         from lightning_prune.export.io import check_export_dir
 
-        try:
-            check_export_dir(self.export_dir, self.overwrite_export)
-        except (FileExistsError, PermissionError) as err:
+        check_export_dir(self.export_dir, self.overwrite_export, "PruningTrainerCallback(..., overwrite_export=True)")
+
+    def write_resume_record(self, checkpoint_dir: str | Path) -> None:
+        """Write the config record (:func:`~lightning_prune.integrations.resume.run_record`) into a checkpoint
+        directory, for :meth:`check_resume`."""
+        record = run_record(self.config, gate_shapes(self._pruner))
+        record.update(version=1, dense_steps=self.dense_steps, freeze_after_steps=self.freeze_after_steps)
+        Path(checkpoint_dir, RESUME_STATE_FILENAME).write_text(json.dumps(record, indent=2, default=str))
+
+    def check_resume(self, checkpoint_dir: str | Path) -> None:
+        """Refuse to resume from ``checkpoint_dir`` if it was written with another pruning config or without gates,
+        exactly as :class:`~lightning_prune.PruningCallback` refuses such a Lightning checkpoint.
+
+        Raises:
+            PruningConfigError: the message lists the differing config fields (or says the gates are missing).
+        """
+        record_file = Path(checkpoint_dir) / RESUME_STATE_FILENAME
+        if record_file.is_file():
+            saved = json.loads(record_file.read_text())
+            problem = config_mismatch(saved, self.config, gate_shapes(self._pruner), "without `resume_from_checkpoint`")
+            if problem is not None:
+                raise PruningConfigError(problem)
+            return
+        keys = _checkpoint_weight_names(Path(checkpoint_dir))
+        if keys is not None and not any(STATE_ATTRIBUTE in k.split(".") for k in keys):
             raise PruningConfigError(
-                f"`export_dir`: {err} HINT: PruningTrainerCallback(..., overwrite_export=True) replaces a non-empty "
-                "directory."
-            ) from err
+                f"The checkpoint {str(checkpoint_dir)!r} has no pruning gates (no `{STATE_ATTRIBUTE}` weights and no "
+                f"{RESUME_STATE_FILENAME}): it was not written by a PruningTrainer. To prune from a dense checkpoint, "
+                "load its weights into the model before building the PruningTrainer (e.g. `from_pretrained`) instead "
+                "of passing `resume_from_checkpoint`."
+            )
+        log.warning(
+            "lightning-prune: %s has no %s (written by an older lightning-prune or without PruningTrainer), so its "
+            "pruning config cannot be compared with this run's; make sure it is the same.",
+            checkpoint_dir,
+            RESUME_STATE_FILENAME,
+        )
 
     def hook_optimizer(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None) -> None:
         """Move gates and multipliers into their own groups and keep their lr and clamping right at every step.
@@ -243,6 +277,21 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         return save_kept_units_plot(kept, units, Path(directory) / PLOT_FILENAME, title=title)
 
 
+def _checkpoint_weight_names(directory: Path) -> list[str] | None:
+    """Names of the full-model weights in a Trainer checkpoint directory (``None``: no full-model weights file, e.g.
+    a peft adapter-only checkpoint)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text()).get("weight_map", {}))
+    single = directory / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return list(f.keys())
+    return None
+
+
 class PruningTrainer(transformers.Trainer):
     """A ``transformers.Trainer`` that prunes with the :class:`PruningTrainerCallback` in its ``callbacks``.
 
@@ -321,7 +370,21 @@ class PruningTrainer(transformers.Trainer):
             logs = {**logs, **self.pruning_callback.log_stats_dict()}
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # next to the weights: `train(resume_from_checkpoint=...)` checks it
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if folder.is_dir():
+                self.pruning_callback.write_resume_record(folder)
+
     def train(self, *args: Any, **kwargs: Any):
+        """``Trainer.train``; a ``resume_from_checkpoint`` written with another pruning config (or without gates) is
+        refused before anything is loaded (:meth:`PruningTrainerCallback.check_resume`)."""
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(resume, bool) and resume:
+            resume = get_last_checkpoint(self.args.output_dir)  # None: the Trainer says there is none
+        if isinstance(resume, (str, os.PathLike)):
+            self.pruning_callback.check_resume(resume)
         output = super().train(*args, **kwargs)
         self.accelerator.wait_for_everyone()  # no process returns before the main one has exported
         return output

@@ -22,8 +22,6 @@ What the callback does, hook by hook:
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -38,14 +36,23 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.adapters import resolve_adapter
-from lightning_prune.errors import PruningConfigError, UnsupportedModelError
+from lightning_prune.errors import ExportDirectoryError, PruningConfigError, UnsupportedModelError
+from lightning_prune.export.io import check_export_dir, export_dir_problem
 from lightning_prune.export.merge import unwrap_model
 from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.resume import (  # noqa: F401  (config_fingerprint: imported from here before)
+    config_fingerprint,
+    config_mismatch,
+    gate_shapes,
+    run_record,
+)
 from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
 _CALLBACK_NAME = "PruningCallback"
+#: How a user of the callback (or of ``lightning-prune export``) replaces a non-empty export directory.
+OVERWRITE_HINT = "`overwrite_export=True` (`--overwrite true` for `lightning-prune export`)"
 
 
 def find_model(pl_module: nn.Module, model_attribute: str | None = None) -> tuple[str, nn.Module]:
@@ -91,12 +98,6 @@ def find_model(pl_module: nn.Module, model_attribute: str | None = None) -> tupl
         f"for a single child module that a registered adapter handles, among {looked or 'no child modules'}. "
         "Pass PruningCallback(config, model_attribute='<attribute name>') to say which module to prune."
     )
-
-
-def config_fingerprint(config: PruningConfig, gate_shapes: Mapping[str, list[int]]) -> str:
-    """A short hash of the pruning config and the gate shapes; a resumed checkpoint must have the same one."""
-    payload = json.dumps({"config": config.to_dict(), "gates": dict(gate_shapes)}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 class PruningCallback(Callback, PhaseSchedule):
@@ -259,10 +260,10 @@ class PruningCallback(Callback, PhaseSchedule):
     def _check_export_dir(self, trainer: pl.Trainer) -> None:
         message = None
         if self.export_dir is not None and trainer.is_global_zero:
-            message = export_dir_problem(self.export_dir, self.overwrite_export)
+            message = export_dir_problem(self.export_dir, self.overwrite_export, OVERWRITE_HINT)
         message = trainer.strategy.broadcast(message, src=0)
         if message is not None:
-            raise PruningConfigError(message)
+            raise ExportDirectoryError(message)
 
     # -- the loss --------------------------------------------------------------------------------------
     def _wrap_training_step(self, training_step, pl_module: nn.Module):
@@ -419,9 +420,7 @@ class PruningCallback(Callback, PhaseSchedule):
         if target is None:
             raise PruningConfigError("No export directory: pass `export_dir=` or set the callback's `export_dir`.")
         overwrite = self.overwrite_export if overwrite is None else overwrite
-        problem = export_dir_problem(target, overwrite)
-        if problem is not None:
-            raise PruningConfigError(problem)
+        check_export_dir(target, overwrite, OVERWRITE_HINT)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         pruner = self.attach(pl_module)
         self.check_checkpoint(pl_module, checkpoint)
@@ -472,7 +471,7 @@ class PruningCallback(Callback, PhaseSchedule):
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _gate_shapes(self) -> dict[str, list[int]]:
-        return {name: [spec.rows, spec.units] for name, spec in self._pruner.specs.items()}
+        return gate_shapes(self._pruner)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -487,8 +486,7 @@ class PruningCallback(Callback, PhaseSchedule):
         }
         if self._pruner is not None:
             state["pruning_step"] = self.pruning_step_at(self._global_step)
-            state["gate_shapes"] = self._gate_shapes()
-            state["config_fingerprint"] = config_fingerprint(self.config, state["gate_shapes"])
+            state.update(run_record(self.config, self._gate_shapes()))
         return state
 
     @override
@@ -520,19 +518,9 @@ class PruningCallback(Callback, PhaseSchedule):
             PruningConfigError: the message lists the differing gate shapes or config fields.
         """
         saved = checkpoint.get("callbacks", {}).get(self.state_key, {})
-        shapes = self._gate_shapes()
-        if "config_fingerprint" in saved and saved["config_fingerprint"] != config_fingerprint(self.config, shapes):
-            old = saved.get("config", {})
-            new = self.config.to_dict()
-            diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-            gate_diff = (
-                {} if saved.get("gate_shapes") == shapes else {"gate_shapes": (saved.get("gate_shapes"), shapes)}
-            )
-            raise PruningConfigError(
-                "The checkpoint was written with a different pruning config; resuming would mix two runs. "
-                f"Differences (checkpoint, now): {diff | gate_diff}. Resume with the checkpoint's config, or start "
-                "a new run without `ckpt_path`."
-            )
+        problem = config_mismatch(saved, self.config, self._gate_shapes(), "without `ckpt_path`")
+        if problem is not None:
+            raise PruningConfigError(problem)
         if pl_module is None:
             return
         state = checkpoint.get("state_dict", {})
@@ -555,29 +543,6 @@ class PruningCallback(Callback, PhaseSchedule):
                 f"Use the pruning config (structures {saved.get('config', {}).get('structures', '?')}) it was "
                 "trained with, or start a new run without `ckpt_path`."
             )
-
-
-def export_dir_problem(path: Path, overwrite: bool) -> str | None:
-    """Why ``path`` cannot receive an export (``None`` when it can); probes by writing a temporary file."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        return f"`export_dir` {str(path)!r} exists and is a file; choose a directory path."
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        return (
-            f"`export_dir` {str(path)!r} exists and is not empty. Pass `overwrite_export=True` to replace it "
-            "(`--overwrite true` for `lightning-prune export`), or choose another directory."
-        )
-    parent = path if path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"`export_dir` {str(path)!r} cannot be created: {str(parent)!r} is a file, not a directory."
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        return f"`export_dir` {str(path)!r} is not writable ({err}); choose a writable directory."
-    return None
 
 
 def _known_total_steps(trainer: pl.Trainer) -> int | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lightning_prune.contracts import check_optimizer_holds_gates
 from lightning_prune.pruner import Pruner
 
 GATE_GROUP = "lightning_prune.gates"
@@ -86,6 +87,8 @@ def regroup_optimizer_(optimizer: torch.optim.Optimizer, pruner: Pruner) -> tupl
         if uses_initial_lr:
             group["initial_lr"] = lrs[name]
         optimizer.add_param_group(group)
+    check_optimizer_holds_gates(optimizer, pruner)  # e.g. an optimizer wrapper whose add_param_group drops them
+    pruner.stop_update_check()  # the groups are ours: the first-steps check of plain loops is not needed
     return groups_before, source_index
 
 

@@ -7,15 +7,17 @@ penalty terms added to the task loss (:meth:`PruningConfig.build_regularizer`).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import AttachStateError, PruningConfigError
 from lightning_prune.gates import Gate, gate_class
 from lightning_prune.structures import StructureSpec
 
@@ -51,9 +53,123 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+#: What each annotation of a config field accepts, in words (for the error message).
+_KIND_WORDS = {
+    "bool": "True or False",
+    "int": "an int",
+    "float": "a finite number",
+    "str": "a string",
+    "tuple[str, ...]": "a tuple of names such as ('heads', 'ffn')",
+    "dict[str, int]": "a dict of structure names to ints such as {'ffn': 32}",
+}
+
+
+#: Fields whose type error reads better with their meaning than with the bare type.
+_FIELD_WORDS = {
+    "target_sparsity": "a number in [0, 1) (the fraction of prunable parameters to remove)",
+    "structures": "a tuple of structure names such as ('heads', 'ffn')",
+    "distill_weight": "a non-negative number (0 turns it off)",
+    "distill_hidden_weight": "a non-negative number (0 turns it off)",
+}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _default_of(config: Any, name: str) -> Any:
+    f = config.__dataclass_fields__[name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return MISSING
+
+
+def _bad_type(config: Any, name: str, kind: str, optional: bool, value: Any) -> PruningConfigError:
+    what = _KIND_WORDS.get(kind, kind) + (" or None" if optional else "")
+    default = _default_of(config, name)
+    example = f" (the default is {default!r})" if default is not MISSING and default is not None else ""
+    if isinstance(value, str) and kind in ("int", "float", "bool"):
+        hint = f"pass the value itself, not a string: `{name}=<{kind}>`{example}; in YAML leave it unquoted."
+    elif isinstance(value, bool):
+        hint = f"True/False is not a number here; pass a number{example}."
+    elif isinstance(value, float) and kind in ("int", "float") and not math.isfinite(value):
+        hint = f"NaN and inf are not valid settings; pass a finite value{example}."
+    elif isinstance(value, float) and kind == "int" and value.is_integer():
+        hint = f"write `{name}={int(value)}`."
+    else:
+        hint = f"pass {what}{example}."
+    what = _FIELD_WORDS.get(name, what)
+    return PruningConfigError(
+        f"`{name}` must be {what}, got {value!r} ({type(value).__name__}) in {type(config).__name__}. HINT: {hint}"
+    )
+
+
+def _checked_value(config: Any, name: str, kind: str, optional: bool, value: Any) -> Any:
+    """``value`` as the built-in type ``kind`` names (a numpy scalar becomes a float/int, a list of names a
+    tuple), or a :class:`PruningConfigError` naming the field, the value and the fix."""
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(float(value)):
+            return value if type(value) in (int, float) else float(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    if kind == "dict[str, int]" and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        # the counts are checked by the class, whose message says what they count
+        return {k: int(v) if _is_count(v) else v for k, v in value.items()}
+    if kind not in _KIND_WORDS:  # an annotation this check does not know: the class validates it itself
+        return value
+    raise _bad_type(config, name, kind, optional, value)
+
+
+def check_field_types(config: Any) -> None:
+    """Check every dataclass field of ``config`` against its annotation (``float``, ``int | None``, ...) before any
+    range check reads it: a string, a bool where a number is expected, NaN or inf raise a
+    :class:`PruningConfigError` that names the field, the value and the fix. Every config class gets it (see
+    :meth:`PruningConfig.__init_subclass__`), so a new method's fields are checked without code of its own."""
+    for f in fields(config):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        optional = "None" in kinds
+        kinds = [k for k in kinds if k != "None"]
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        if len(kinds) != 1 or kinds[0] not in _KIND_WORDS:
+            continue
+        if value is None:
+            raise _bad_type(config, f.name, kinds[0], optional, value)
+        checked = _checked_value(config, f.name, kinds[0], optional, value)
+        if checked is not value:
+            object.__setattr__(config, f.name, checked)
+
+
+def _types_checked_first(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(post_init)
+    def wrapped(self: Any) -> None:
+        check_field_types(self)
+        post_init(self)
+
+    wrapped._types_checked = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 @dataclass
 class PruningConfig:
     """Options shared by every method.
+
+    Every field is checked against its annotation when the config is built (a string, a bool where a number is
+    expected, NaN or ``None`` where a value is needed raise :class:`PruningConfigError` naming the field, the value
+    and the fix), then against its range. ``attach`` fixes the config: the pruner keeps its own copy and the object
+    passed in becomes read-only (see :func:`lightning_prune.attach`).
 
     Args:
         target_sparsity: fraction of *prunable parameters* (or FLOPs, see ``target``) to remove, in
@@ -111,11 +227,51 @@ class PruningConfig:
 
     method_name = "base"
     gate_kind = "hard_concrete"
+    #: Fields that may still change after ``attach`` on the pruner's own copy (``pruner.config``): every method reads
+    #: them when it uses them (the masks' exact-target correction, the export tolerance), never at attach only.
+    live_fields: ClassVar[tuple[str, ...]] = ("match_target", "export_rtol")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_types_checked", False):
+            cls.__post_init__ = _types_checked_first(own)  # a subclass's own checks read typed values
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        lock = self.__dict__.get("_attached_as")
+        if lock is not None and name in self.__dataclass_fields__:
+            self._check_edit(lock, name, value)
+        object.__setattr__(self, name, value)
+
+    def _check_edit(self, lock: str, name: str, value: Any) -> None:
+        """Edits after ``attach``: the user's object is read-only (``attach`` copied it: an edit would have no
+        effect); the pruner's copy takes only :attr:`live_fields` (type-checked) and no-op assignments."""
+        current = getattr(self, name)
+        if value is current or (type(value) is type(current) and value == current):
+            return
+        cls = type(self).__name__
+        if lock == "user":
+            raise AttachStateError(
+                f"This {cls} was given to attach(), which took its own copy, so setting `{name}`={value!r} here would "
+                f"have no effect on the pruner (it keeps {current!r}). Make a new config, e.g. "
+                f"`dataclasses.replace(config, {name}=...)`, and attach it to a fresh model (or after "
+                "`pruner.detach()`)."
+            )
+        if name not in self.live_fields:
+            raise AttachStateError(
+                f"`pruner.config.{name}` cannot change after attach() (it keeps {current!r}; got {value!r}): the "
+                f"gates, regulariser and schedule were built from it. Only {list(self.live_fields)} may change. Detach "
+                f"(`pruner.detach()`) and attach again with `dataclasses.replace(pruner.config, {name}=...)`."
+            )
+        kind = str(self.__dataclass_fields__[name].type).split("|")[0].strip()
+        _checked_value(self, name, kind, False, value)
+
+    def _lock(self, owner: str) -> None:
+        """Mark this config as given to ``attach`` (``owner="user"``) or as the pruner's own copy (``"pruner"``)."""
+        object.__setattr__(self, "_attached_as", owner)
 
     def __post_init__(self) -> None:
-        if isinstance(self.structures, str):
-            self.structures = (self.structures,)
-        self.structures = tuple(self.structures)
+        check_field_types(self)  # strings, bools, NaN, None where a number or names are expected
         t = self.target_sparsity
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or not 0.0 <= t < 1.0:
             raise PruningConfigError(
@@ -127,15 +283,30 @@ class PruningConfig:
                 "`structures` is empty: name at least one structure to gate, e.g. ('heads', 'ffn')."
             )
         if len(set(self.structures)) != len(self.structures):
-            raise PruningConfigError(f"`structures` lists a name twice: {self.structures}.")
+            raise PruningConfigError(f"`structures` lists a name twice: {self.structures}. Name each structure once.")
         if self.target not in ("params", "flops"):
-            raise PruningConfigError(f"`target` must be 'params' or 'flops', got {self.target!r}.")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise PruningConfigError(f"`warmup_steps` must be a non-negative int, got {self.warmup_steps!r}.")
+            raise PruningConfigError(
+                f"`target` must be 'params' or 'flops', got {self.target!r}. HINT: 'params' counts prunable "
+                "parameters, 'flops' their FLOPs per token."
+            )
+        if self.warmup_steps < 0:
+            raise PruningConfigError(
+                f"`warmup_steps` must be a non-negative int, got {self.warmup_steps!r}. HINT: 0 applies the full "
+                "target from the first pruning step."
+            )
         for name in ("gate_lr", "lagrangian_lr", "export_rtol"):
             value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value <= 0):
-                raise PruningConfigError(f"`{name}` must be positive, got {value!r}.")
+            if value is not None and value <= 0:
+                default = _default_of(self, name)
+                raise PruningConfigError(
+                    f"`{name}` must be positive, got {value!r}. HINT: "
+                    + (
+                        f"it is a learning rate (the default is {default!r}); to stop the gates, use "
+                        "`freeze_after_steps` or `pruner.set_phase('frozen')` instead of a zero or negative rate."
+                        if name.endswith("_lr")
+                        else f"it is a relative tolerance (the default is {default!r})."
+                    )
+                )
         for name in ("distill_weight", "distill_hidden_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -147,14 +318,19 @@ class PruningConfig:
         if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
             raise PruningConfigError(f"`distill_temperature` must be a positive number (e.g. 2.0), got {temp!r}.")
         if self.flops_seq_len < 1:
-            raise PruningConfigError(f"`flops_seq_len` must be >= 1, got {self.flops_seq_len}.")
+            raise PruningConfigError(
+                f"`flops_seq_len` must be >= 1, got {self.flops_seq_len}. HINT: the sequence length of your training "
+                "data (the default is 512)."
+            )
         for key, count in dict(self.keep_units).items():
             if key not in self.structures:
                 raise PruningConfigError(
                     f"`keep_units` names {key!r}, which is not in `structures` {self.structures}; add it there."
                 )
-            if not isinstance(count, int) or count < 0:
-                raise PruningConfigError(f"`keep_units[{key!r}]` must be a non-negative int, got {count!r}.")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise PruningConfigError(
+                    f"`keep_units[{key!r}]` must be a non-negative int (units to keep per row), got {count!r}."
+                )
         for key, step in dict(self.multiple_of).items():
             if key not in self.structures:
                 raise PruningConfigError(
@@ -208,8 +384,10 @@ class PruningConfig:
 
 
 def positive_float(value: float, name: str) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise PruningConfigError(f"`{name}` must be a positive number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise PruningConfigError(
+            f"`{name}` must be a positive number, got {value!r}. HINT: leave it unset for the method's default."
+        )
 
 
 def zero_with_graph(params) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -142,6 +142,8 @@ class PolarizationConfig(PruningConfig):
     gate_lr: float = 0.01
 
     gate_kind = "scale"
+    #: ``match_target`` follows ``decision``, after attach too.
+    live_fields: ClassVar[tuple[str, ...]] = ("export_rtol",)
 
     def __post_init__(self) -> None:
         if self.decision not in DECISIONS:

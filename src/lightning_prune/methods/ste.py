@@ -11,7 +11,7 @@ connection-count regulariser plays. Training and export use the same mask, so th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
@@ -44,6 +44,8 @@ class STEConfig(PruningConfig):
     gate_lr: float = 0.05
 
     gate_kind = "ste"
+    #: ``match_target`` stays False after attach too: the export mask must be the training mask.
+    live_fields: ClassVar[tuple[str, ...]] = ("export_rtol",)
 
     def __post_init__(self) -> None:
         if self.multiple_of:

@@ -11,23 +11,27 @@ proximal step that makes the pruned units' LoRA rows exactly zero. See
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from lightning_prune.adapters.base import base_layer
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.generator import DecisionGenerator, GeneratorGate, generator_backbone_class
 from lightning_prune.methods.atp.layout import couplings
-from lightning_prune.methods.atp.regularizer import ATPRegularizer
+from lightning_prune.methods.atp.regularizer import ATPRegularizer, group_norms, pruned_lora_slices
 from lightning_prune.methods.base import PruningConfig, positive_float, register_method
 from lightning_prune.structures import StructureSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.gates import Gate
     from lightning_prune.pruner import Pruner
+
+log = logging.getLogger("lightning_prune")
 
 #: Structures whose LoRA-aware forward ATP implements (the others have no frozen-path form yet). The paper prunes
 #: FFN channels and the attention dims (``ffn``, ``qk_dims``, ``v_dims``); the default stays ``("heads", "ffn")``.
@@ -191,3 +195,39 @@ class ATPConfig(PruningConfig):
 
                 hooks.append((path, target, target.register_forward_hook(frozen_path_hook)))
         return hooks
+
+    # -- export ------------------------------------------------------------------------------------------------
+    def build_compact(
+        self, pruner: Pruner, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The adapter's compact model, after warning when pruned units' LoRA groups are not zero.
+
+        The export folds the merged ``W + BA`` and removes the pruned units, which is what the generator's forward
+        computes and what the equivalence check compares. The LoRA update trained ``m ⊙ Wx + BAx`` instead: a
+        pruned unit still passed its ``BA`` part there. Only once those LoRA rows/columns are exactly zero (the
+        frozen phase's proximal step) do both agree; otherwise the export differs from the model LoRA was trained as.
+        """
+        pruned_lora_warning(pruner.state.regularizer.couplings, masks)
+        return super().build_compact(pruner, state, masks)
+
+
+@torch.no_grad()
+def pruned_lora_warning(couplings: dict, masks: dict[str, torch.Tensor]) -> str | None:
+    """Log (and return) a warning when LoRA rows/columns feeding pruned units are not zero; ``None`` when they are."""
+    norms = [group_norms(w, d, i, eps=0.0) for w, d, i in pruned_lora_slices(couplings, masks)]
+    if not norms:
+        return None
+    flat = torch.cat([n.float().flatten().cpu() for n in norms])
+    nonzero = int((flat > 0).sum())
+    if nonzero == 0:
+        return None
+    message = (
+        f"lightning-prune: ATP export with {nonzero} of {flat.numel()} pruned units' LoRA rows/columns not zero "
+        f"(largest L2 norm {float(flat.max()):.3e}): the LoRA update trained the model with their B·A part still "
+        "passing (masks on the frozen path only), the export removes it, so the compact model differs from the "
+        "model LoRA was tuned as (it equals the generator's view, which the export check compares). Train longer "
+        "after the decisions freeze (the proximal step zeroes them), or call `ATPController.zero_pruned_lora_()` "
+        "before exporting and fine-tune briefly."
+    )
+    log.warning(message)
+    return message
