@@ -42,7 +42,7 @@ from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConf
 from lightning_prune.export.io import DEFAULT_MAX_SHARD_SIZE
 from lightning_prune.export.merge import MergedWeights, unwrap_model
 from lightning_prune.export.report import ExportReport, count_parameters
-from lightning_prune.export.verify import check_equivalence, check_generation
+from lightning_prune.export.verify import verify_export
 from lightning_prune.gates import Gate
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
 from lightning_prune.ops import mask_mul
@@ -600,12 +600,9 @@ class Pruner:
             # the export folds the merged path, with the masks it exported (none in the dense phase)
             self.phase, self.mask_path = ("dense" if dense else "frozen"), "merged"
             try:
-                report.max_abs_diff, report.reference_scale = check_equivalence(
-                    self.adapter, self.hf_model, compact, self.config.export_rtol
-                )
-                report.generation_max_abs_diff = check_generation(
-                    self.adapter, self.hf_model, compact, self.config.export_rtol
-                )
+                checked = verify_export(self.adapter, self.hf_model, compact, self.config.export_rtol)
+                report.max_abs_diff, report.reference_scale, report.generation_max_abs_diff = checked[:3]
+                report.check_dtype = checked[3]
             finally:
                 self.phase, self.mask_path = previous, previous_path
         self.last_report = report

@@ -34,6 +34,8 @@ class ExportReport:
     reference_scale: float | None = None
     #: Causal LMs: largest logit difference of greedy decoding with the compact model's KV cache vs the gated model.
     generation_max_abs_diff: float | None = None
+    #: The precision the check passed in: the model's dtype, or "float64" where fp32 rounding exceeded the tolerance.
+    check_dtype: str | None = None
 
     def summary(self) -> str:
         check = (
@@ -43,6 +45,8 @@ class ExportReport:
         )
         if self.generation_max_abs_diff is not None:
             check += f", cached generation max |diff| = {self.generation_max_abs_diff:.2e}"
+        if self.check_dtype == "float64":
+            check += " (checked in float64: fp32 rounding exceeded the tolerance)"
         return (
             f"params {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_after / max(self.params_before, 1):.1%}), FLOPs/token "
