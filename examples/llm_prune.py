@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> Path:
         dense_steps=int(args.steps * 0.1),  # a short LoRA warm-up before the gates move
         freeze_after_steps=int(args.steps * 0.8),  # then fine-tune LoRA on the final architecture
     )
+    loader = DataLoader(TensorDataset(train), batch_size=args.batch_size, shuffle=True, drop_last=True)
     trainer = L.Trainer(
         max_steps=args.steps,
+        max_epochs=-(-args.steps // len(loader)),  # a positive epoch count for the progress bar
         accelerator="auto",
         devices=1,
         logger=L.pytorch.loggers.CSVLogger(args.out, name="logs"),
@@ -198,7 +200,6 @@ def main(argv: list[str] | None = None) -> Path:
         enable_checkpointing=False,
         log_every_n_steps=5,
     )
-    loader = DataLoader(TensorDataset(train), batch_size=args.batch_size, shuffle=True, drop_last=True)
     start = time.perf_counter()
     trainer.fit(LoRAFineTune(model, args.lr), loader)
     print(f"trained {args.steps} steps in {time.perf_counter() - start:.0f}s: {callback.pruner.last_report.summary()}")
