@@ -248,6 +248,7 @@ class Pruner:
             handle.remove()
         self._handles = [h for h in self._handles if id(h) not in mask_handles] + self._install_mask_hooks()
 
+    @torch.compiler.disable  # Python bookkeeping and RNG forks: run eagerly, hand the masks to compiled graphs
     def _refresh(self, module: nn.Module, args: Any) -> None:
         if self.__dict__.pop("_is_copy", False):
             self._rehook_copy()
