@@ -61,7 +61,8 @@ class BenchConfig:
     importance: str = "taylor"  # torch-pruning importance: "taylor" or "magnitude"
     taylor_batches: int = 4  # batches whose gradients give the Taylor importance
     latency_repeats: int = 15
-    methods: tuple[str, ...] = ()  # entries of METHODS to run (empty: all whose method is registered)
+    methods: tuple[str, ...] = ()  # entries of METHODS to run (empty: DEFAULT_METHODS whose method is registered)
+    baselines: tuple[str, ...] | None = None  # kinds of BASELINES to run (None: all)
 
 
 @dataclass
@@ -177,12 +178,15 @@ class MethodEntry:
     train: Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]
 
 
-def _train_with_callback(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
-    """Our Lightning callback: dense 10% of the steps, pruning until 75%, then masks frozen (the demo's schedule)."""
+def _train_with_callback(
+    model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig, dense: float = 0.1, freeze: float = 0.75
+) -> nn.Module:
+    """Our Lightning callback: dense ``dense`` of the steps, pruning until ``freeze``, then masks frozen (default: the
+    demo's schedule, 10% / 75%)."""
     callback = lp.PruningCallback(
         config,
-        dense_steps=max(1, cfg.steps // 10),
-        freeze_after_steps=max(2, int(cfg.steps * 0.75)),
+        dense_steps=max(1, int(cfg.steps * dense)),
+        freeze_after_steps=max(2, int(cfg.steps * freeze)),
         plot=False,
         log_stats=False,
         prog_bar=False,
@@ -192,18 +196,57 @@ def _train_with_callback(model: nn.Module, config: lp.PruningConfig, task: Task,
     return callback.pruner.export()
 
 
-def _shared(sparsity: float, cfg: BenchConfig) -> dict[str, Any]:
-    """What every row of ours shares: the budget on heads + FFN channels, a target warm-up over 40% of the steps."""
+def _schedule(dense: float, freeze: float) -> Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]:
+    """Train with the callback on another schedule: dense ``dense`` of the steps, masks frozen from ``freeze``."""
+
+    def train(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
+        return _train_with_callback(model, config, task, cfg, dense=dense, freeze=freeze)
+
+    return train
+
+
+def _train_with_recipe(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
+    """``lightning_prune.recipes.l0``: the config and schedule derived from ``max_steps`` (the config passed in only
+    gives the sparsity)."""
+    from lightning_prune import recipes
+
+    callback = recipes.l0_callback(
+        target_sparsity=config.target_sparsity,
+        max_steps=cfg.steps,
+        structures=("heads", "ffn"),
+        flops_seq_len=cfg.max_length,
+        plot=False,
+        log_stats=False,
+        prog_bar=False,
+        seed=cfg.seed,
+    )
+    fit(model, task, cfg, cfg.steps, [callback])
+    return callback.pruner.export()
+
+
+def _shared(sparsity: float, cfg: BenchConfig, warmup: float = 0.4) -> dict[str, Any]:
+    """What every row of ours shares: the budget on heads + FFN channels, a target warm-up over 40% of the steps
+    (``warmup``: another fraction)."""
     return dict(
         target_sparsity=sparsity,
         structures=("heads", "ffn"),
-        warmup_steps=max(1, int(cfg.steps * 0.4)),
+        warmup_steps=max(1, int(cfg.steps * warmup)),
         flops_seq_len=cfg.max_length,
     )
 
 
+def _l0_variant(warmup: float = 0.4, **fields: Any) -> Callable[[float, BenchConfig], lp.PruningConfig]:
+    """An L0 config of the issue #18 study: the benchmark's L0 row with some fields changed."""
+
+    def config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+        base = dict(gate_lr=0.1, lagrangian_lr=0.01, init_from_importance=False) | fields
+        return lp.L0Config(**_shared(sparsity, cfg, warmup), **base)
+
+    return config
+
+
 def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
-    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01)
+    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01, init_from_importance=False)
 
 
 def _ste_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
@@ -231,7 +274,18 @@ METHODS: dict[str, MethodEntry] = {
     "l0+distill": MethodEntry(_l0_distill_config, _train_with_callback),
     "ste": MethodEntry(_ste_config, _train_with_callback),
     "polarization": MethodEntry(_polarization_config, _train_with_callback),
+    # issue #18 levers, one at a time and together (the `l0` row above is the old default, for comparison)
+    "l0+imp": MethodEntry(_l0_variant(init_from_importance=True), _train_with_callback),
+    "l0+sched": MethodEntry(_l0_variant(warmup=0.3), _schedule(0.1, 0.5)),
+    "l0+imp+sched": MethodEntry(_l0_variant(warmup=0.3, init_from_importance=True), _schedule(0.1, 0.5)),
+    "l0+imp+sched+lr": MethodEntry(
+        _l0_variant(warmup=0.3, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.05), _schedule(0.1, 0.5)
+    ),
+    "l0+imp+d30": MethodEntry(_l0_variant(warmup=0.15, init_from_importance=True), _schedule(0.3, 0.55)),
+    "l0+recipe": MethodEntry(_l0_variant(), _train_with_recipe),
 }
+#: Rows run by default (the study's variants are run by name with `--methods`).
+DEFAULT_METHODS = ("l0", "l0+distill", "ste", "polarization")
 
 
 def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
@@ -339,7 +393,7 @@ def unbenchmarked_methods(model_fn: Callable[[], nn.Module]) -> dict[str, str]:
 def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=print) -> list[Row]:
     """Every row of the table, trained one after the other, then timed side by side."""
     jobs: list[tuple[str, str, float, Callable[[nn.Module], nn.Module]]] = [("dense", "dense", 0.0, lambda m: m)]
-    names = cfg.methods or tuple(n for n in METHODS if n.split("+")[0] in lp.methods.available_methods())
+    names = cfg.methods or tuple(n for n in DEFAULT_METHODS if n.split("+")[0] in lp.methods.available_methods())
     for sparsity in cfg.sparsities:
         for name in names:
             entry = METHODS[name]
@@ -347,6 +401,8 @@ def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=pri
                 ("ours", name, sparsity, lambda m, s=sparsity, e=entry: e.train(m, e.config(s, cfg), task, cfg))
             )
         for kind, (label, fn) in BASELINES.items():
+            if cfg.baselines is not None and kind not in cfg.baselines:
+                continue
             jobs.append((kind, label, sparsity, lambda m, s=sparsity, f=fn: f(m, s, task, cfg)))
     dense_linear = None
     rows: list[Row] = []
@@ -511,6 +567,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="our rows (default: all)")
+    parser.add_argument(
+        "--baselines", nargs="*", choices=sorted(BASELINES), default=None, help="baseline rows (default: all)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import lightning.pytorch  # noqa: F401 - configures its logger on import; quieten it afterwards
@@ -528,6 +587,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         cfg.sparsities = tuple(args.sparsities)
     if args.methods is not None:
         cfg.methods = tuple(args.methods)
+    if args.baselines is not None:
+        cfg.baselines = tuple(args.baselines)
     from quality_data import source_versions
 
     model_fn, task = minilm_task(cfg, n_train, n_test)

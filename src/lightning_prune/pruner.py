@@ -44,6 +44,7 @@ from lightning_prune.export.merge import MergedWeights, unwrap_model
 from lightning_prune.export.report import ExportReport, count_parameters
 from lightning_prune.export.verify import verify_export
 from lightning_prune.gates import Gate
+from lightning_prune.importance import ImportanceScores, global_ranks, importance_per_cost, unit_costs
 from lightning_prune.methods.base import PruningConfig, zero_with_graph
 from lightning_prune.ops import mask_mul
 from lightning_prune.selection import select_masks, validate_multiple_of
@@ -184,6 +185,9 @@ class Pruner:
         with torch.device("cpu"):
             gates = config.build_gates(self.specs)
             self.state = PruningState(gates, config.build_regularizer(self))
+            if config.init_from_importance:
+                _check_importance_init(gates, config)
+                self.state.importance = ImportanceScores(self.specs)
         device = next((p.device for p in self.hf_model.parameters()), torch.device("cpu"))
         self.state.to(device if device.type != "meta" else torch.device("cpu"))
         model.add_module(STATE_ATTRIBUTE, self.state)
@@ -254,7 +258,10 @@ class Pruner:
             self._rehook_copy()
         self._cache.clear()
         if self.phase == "dense":
-            self._masks = None
+            importance = self.importance
+            probe = importance is not None and not importance.done and torch.is_grad_enabled()
+            # all-ones masks that require grad: the dense forward is unchanged, the backward fills the Fisher sums
+            self._masks = importance.probe_masks() if probe and module.training else None
         elif self.phase == "prune" and (module.training if self.mask_sampling is None else self.mask_sampling):
             self._masks = self._sample_masks()
         else:
@@ -295,7 +302,7 @@ class Pruner:
     def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x * mask`` for the hooks: the memory-lean :func:`~lightning_prune.ops.mask_mul` when every gate
         kind has an exactly-zero gradient at mask 0, the plain product otherwise."""
-        if self._lean:
+        if self._lean or self.phase == "dense":  # dense: all-ones probe masks, where mask_mul is exact
             return mask_mul(x, mask)
         return x * mask.to(dtype=x.dtype, device=x.device)
 
@@ -469,12 +476,73 @@ class Pruner:
         return optimizer.register_step_post_hook(lambda *_: self.step())
 
     def set_phase(self, phase: str) -> None:
-        """``"dense"`` (masks off), ``"prune"`` (masks sampled in training), ``"frozen"`` (deterministic masks)."""
+        """``"dense"`` (masks off), ``"prune"`` (masks sampled in training), ``"frozen"`` (deterministic masks).
+
+        With ``config.init_from_importance``, the dense phase accumulates importance scores and leaving it
+        initialises the gates from them (:meth:`init_gates_from_importance_`, once).
+        """
         if phase not in PHASES:
             raise PruningConfigError(f"`phase` must be one of {PHASES}, got {phase!r}.")
+        if phase != "dense":
+            self.maybe_init_gates_from_importance_()
         self.phase = phase
         for p in self.state.gates.parameters():
             p.requires_grad_(phase == "prune")
+
+    # -- importance init (see lightning_prune.importance) ---------------------------------------------------------
+    @property
+    def importance(self) -> ImportanceScores | None:
+        """The Fisher sums of the dense phase (``None`` unless ``config.init_from_importance``)."""
+        return getattr(self.state, "importance", None)
+
+    @torch.no_grad()
+    def init_gates_from_importance_(self, spread: float | None = None) -> dict[str, torch.Tensor]:
+        """Set every gate from the importance accumulated in the dense phase; returns the ranks in ``[0, 1]``.
+
+        Units are ranked globally by Fisher per unit of cost (:func:`~lightning_prune.importance.global_ranks`),
+        and each gate maps the rank to its parameters (:meth:`~lightning_prune.gates.Gate.init_from_ranks_`), so the
+        deterministic masks at any target are the one-shot selection
+        (:func:`~lightning_prune.importance.importance_masks`). Marks the scores as applied: a later transition
+        (or a resumed run) does not initialise again.
+
+        Raises:
+            AttachStateError: no scores were accumulated (``init_from_importance=False``, or no training backward
+                ran in the dense phase).
+        """
+        importance = self.importance
+        if importance is None or int(importance.batches) == 0:
+            raise AttachStateError(
+                "No importance scores to initialise the gates from: "
+                + (
+                    "the config has `init_from_importance=False`."
+                    if importance is None
+                    else "no training backward ran in the dense phase. Call `pruner.set_phase('dense')` and train "
+                    "(model in train mode, gradients on) before initialising."
+                )
+            )
+        ranks = global_ranks(importance_per_cost(importance.synced(), unit_costs(self)))
+        for name, gate in self.gates.items():
+            step = spread or self.config.importance_spread or gate.default_importance_spread
+            gate.init_from_ranks_(ranks[name], float(step))
+        importance.applied.fill_(1)
+        log.info(
+            "lightning-prune: gates initialised from the importance of %d dense batches (Fisher per unit of cost)",
+            int(importance.batches),
+        )
+        return ranks
+
+    def maybe_init_gates_from_importance_(self) -> bool:
+        """:meth:`init_gates_from_importance_` if the config asks for it, scores exist and they were not applied yet
+        (the integrations call it when the dense phase ends); ``True`` if it initialised the gates."""
+        importance = self.importance
+        if importance is None or importance.done:
+            return False
+        if int(importance.batches) == 0:
+            importance.applied.fill_(1)  # no dense phase (dense_steps=0, or a resume past it): nothing to apply
+            log.info("lightning-prune: init_from_importance: no dense batches were seen; the gates keep their init.")
+            return False
+        self.init_gates_from_importance_()
+        return True
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return list(self.gates.parameters())
@@ -675,6 +743,15 @@ class Pruner:
                 f"removing every unit of them removes only {reachable:.3f} of the prunable {self.config.target}. "
                 "Add structures (e.g. 'hidden' or 'ffn') or lower the target."
             )
+
+
+def _check_importance_init(gates: dict[str, Gate], config: PruningConfig) -> None:
+    unsupported = sorted({type(g).__name__ for g in gates.values() if g.default_importance_spread is None})
+    if unsupported:
+        raise PruningConfigError(
+            f"`init_from_importance=True` needs gates with an importance init; {unsupported} ({config.method_name}) "
+            "have none. Use `init_from_importance=False` with this method."
+        )
 
 
 def _binary(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -81,6 +81,19 @@ class Gate(nn.Module, abc.ABC):
         counts = counts.to(order.device).clamp(0, self.units).view(-1, 1)
         return (ranks < counts).to(scores.dtype)
 
+    #: Default ``spread`` of :meth:`init_from_ranks_` (in the units of the gate's parameter); ``None``: unsupported.
+    default_importance_spread: float | None = None
+
+    @torch.no_grad()
+    def init_from_ranks_(self, ranks: torch.Tensor, spread: float) -> None:
+        """Set the parameters from importance ranks ``(rows, units)`` in ``[0, 1]`` (1: most important), keeping
+        the order strict: :meth:`score` increases with the rank (see :mod:`lightning_prune.importance`).
+
+        Raises:
+            NotImplementedError: the gate kind has no importance init.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no importance initialisation.")
+
     @torch.no_grad()
     def post_step_(self) -> None:
         """Called after each optimizer step (e.g. to clamp parameters). Does nothing by default."""

@@ -77,6 +77,18 @@ class HardConcreteGate(Gate):
     def score(self) -> torch.Tensor:
         return self.log_alpha.detach().float()
 
+    default_importance_spread = 3.0
+
+    @torch.no_grad()
+    def init_from_ranks_(self, ranks: torch.Tensor, spread: float) -> None:
+        """``log α = top − spread · (1 − rank)``: the most important unit keeps the current (initial) ``log α``
+        (3.0 by default: P(kept) ≈ 0.99), the least starts ``spread`` lower (3.0: ``log α = 0``, P(kept) ≈ 0.83),
+        so the Lagrangian's pull (∝ σ'(log α)) closes the least important gates first. Kept inside the clamp, so
+        the order is strict."""
+        top = float(self.log_alpha.mean().clamp(-self.log_alpha_clamp, self.log_alpha_clamp))
+        values = top - spread * (1.0 - ranks.to(self.log_alpha.device, torch.float32))
+        self.log_alpha.copy_(values.clamp(-self.log_alpha_clamp, self.log_alpha_clamp))
+
     @torch.no_grad()
     def post_step_(self) -> None:
         self.log_alpha.clamp_(-self.log_alpha_clamp, self.log_alpha_clamp)

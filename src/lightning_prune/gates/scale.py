@@ -125,6 +125,17 @@ class ScaleGate(Gate):
         """``γ · binary``: kept units keep their learned scale, which the export folds into the weights."""
         return self.gamma.detach().float() * binary.to(self.gamma.device, torch.float32)
 
+    default_importance_spread = 0.01
+
+    @torch.no_grad()
+    def init_from_ranks_(self, ranks: torch.Tensor, spread: float) -> None:
+        """``γ = top · (1 − spread · (1 − rank))``: γ scales the unit's output in training, so only a small spread
+        (0.01 by default) keeps the function of the model while ordering the units for the target cut."""
+        top = float(self.gamma.mean())
+        self.gamma.copy_(
+            (top * (1.0 - spread * (1.0 - ranks.to(self.gamma.device, torch.float32)))).clamp(0, self.clamp_max)
+        )
+
     @torch.no_grad()
     def post_step_(self) -> None:
         """Clamp γ to ``[0, a]`` after the optimizer step (paper §3.2; ``clamp_bn`` in the reference code)."""

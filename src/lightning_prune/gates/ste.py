@@ -67,6 +67,15 @@ class STEGate(Gate):
             return hard
         return super().deterministic(counts)
 
+    default_importance_spread = 0.9
+
+    @torch.no_grad()
+    def init_from_ranks_(self, ranks: torch.Tensor, spread: float) -> None:
+        """``s = top · (1 − spread · (1 − rank))`` with ``top`` the current (initial) score: every unit stays kept
+        (``spread < 1``), the least important nearest the threshold, where the Lagrangian flips it first."""
+        top = float(self.scores.mean())
+        self.scores.copy_(top * (1.0 - spread * (1.0 - ranks.to(self.scores.device, torch.float32))))
+
     @torch.no_grad()
     def post_step_(self) -> None:
         if self.score_clamp is not None:

@@ -203,6 +203,8 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         phase = self.phase_at(global_step)
         if phase != self._phase:
             log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
+            if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
+                self._pruner.maybe_init_gates_from_importance_()
         self._phase = phase
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps seeing
         # them used (the penalty is 0·Σ gates outside the prune phase).

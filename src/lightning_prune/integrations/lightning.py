@@ -347,6 +347,8 @@ class PruningCallback(Callback, PhaseSchedule):
     def _set_phase(self, phase: str, global_step: int) -> None:
         if phase != self._phase:
             rank_zero_info(f"lightning-prune: phase '{self._phase}' -> '{phase}' at global step {global_step}")
+            if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
+                self._pruner.maybe_init_gates_from_importance_()
         self._phase = phase
         self._global_step = global_step
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps

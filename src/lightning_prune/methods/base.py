@@ -207,6 +207,14 @@ class PruningConfig:
             a row); with ``match_target`` whole groups of ``step`` units then move until the target is met, so the
             sparsity stays at or above it (by less than one group). Without ``match_target`` it can move off the
             target by up to half a multiple per row. A step larger than a row's units is refused at attach.
+        init_from_importance: during the dense phase, accumulate each unit's Fisher ``Σ (∂L/∂m)²`` through all-ones
+            masks, and at the dense → prune transition set the gates from the ranks of Fisher per unit of cost, so
+            that the deterministic masks start as the one-shot Taylor selection (Molchanov et al. 2019; Kwon et al.
+            2022). Needs a dense phase (``dense_steps > 0`` or ``pruner.set_phase("dense")``); see
+            :mod:`lightning_prune.importance`.
+        importance_spread: how far the least important unit starts below the most important one, in the gate's
+            parameter (``None``: the gate's default: hard-concrete ``log α`` 3.0, STE score fraction 0.9,
+            polarization γ fraction 0.01).
     """
 
     target_sparsity: float = 0.5
@@ -224,6 +232,8 @@ class PruningConfig:
     distill_temperature: float = 2.0
     distill_hidden_weight: float = 0.0
     multiple_of: dict[str, int] = field(default_factory=dict)
+    init_from_importance: bool = False
+    importance_spread: float | None = None
 
     method_name = "base"
     gate_kind = "hard_concrete"
@@ -294,7 +304,7 @@ class PruningConfig:
                 f"`warmup_steps` must be a non-negative int, got {self.warmup_steps!r}. HINT: 0 applies the full "
                 "target from the first pruning step."
             )
-        for name in ("gate_lr", "lagrangian_lr", "export_rtol"):
+        for name in ("gate_lr", "lagrangian_lr", "export_rtol", "importance_spread"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 default = _default_of(self, name)
@@ -304,6 +314,9 @@ class PruningConfig:
                         f"it is a learning rate (the default is {default!r}); to stop the gates, use "
                         "`freeze_after_steps` or `pruner.set_phase('frozen')` instead of a zero or negative rate."
                         if name.endswith("_lr")
+                        else "leave it None for the gate's default, or pass how far the least important unit starts "
+                        "below the most important one."
+                        if name == "importance_spread"
                         else f"it is a relative tolerance (the default is {default!r})."
                     )
                 )
