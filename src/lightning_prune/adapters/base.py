@@ -143,9 +143,9 @@ class CompactState:
             self.new[key] = value.contiguous()
 
     def finish(self) -> dict[str, torch.Tensor]:
-        for key, value in self.state.items():
+        for key in self.state:  # keys only: reading a value of a merged view merges its LoRA again
             if key not in self.taken:
-                self.new[key] = value
+                self.new[key] = self.state[key]
         return self.new
 
 
