@@ -390,17 +390,53 @@ class PruningCallback(Callback, PhaseSchedule):
                 f"lightning-prune: training ended in the dense phase (global step {trainer.global_step} <= "
                 f"dense_steps={self.dense_steps}); the gates never trained, so the export is the dense model."
             )
+        failure: Exception | None = None
         if trainer.is_global_zero:
             kept = self._kept_units()
             plot_path = None
             if self.export_dir is not None:
-                self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
-                rank_zero_info(f"lightning-prune: exported to {self.export_dir}: {self._pruner.last_report.summary()}")
-                if self.plot:
-                    plot_path = self._write_plot(kept, self.export_dir)
-            if self.plot:
+                try:
+                    self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
+                except Exception as error:  # the run is not lost: keep what was trained, say how to export it
+                    failure = self._rescue(trainer, pl_module, error)
+                else:
+                    summary = self._pruner.last_report.summary()
+                    rank_zero_info(f"lightning-prune: exported to {self.export_dir}: {summary}")
+                    if self.plot:
+                        plot_path = self._write_plot(kept, self.export_dir)
+            if self.plot and failure is None:
                 self._log_figure(trainer, kept, plot_path)
         trainer.strategy.barrier("lightning_prune.export")  # no rank leaves fit() before the export exists
+        if trainer.strategy.broadcast(failure is not None, src=0):  # every rank stops, none hangs at a barrier
+            if failure is not None:
+                raise failure
+            raise RuntimeError("lightning-prune: the export failed on rank 0 (see its error); nothing was exported.")
+
+    def _rescue(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Exception) -> Exception:
+        """Save the trained module beside ``export_dir`` when the export fails, and return the error to raise
+        (the original error, with the rescue path and the command that exports it later in its message)."""
+        rescue = self.export_dir.with_name(f"{self.export_dir.name}.rescue.ckpt")
+        try:
+            torch.save(
+                {
+                    "state_dict": pl_module.state_dict(),
+                    "callbacks": {self.state_key: self.state_dict()},
+                    "global_step": trainer.global_step,
+                },
+                rescue,
+            )
+        except Exception as save_error:  # nothing more to do: report both
+            note = f" Saving the trained module to {str(rescue)!r} failed too ({save_error})."
+        else:
+            note = (
+                f" The trained module (gates included) was saved to {str(rescue)!r}: export it later with "
+                f"`PruningCallback(<same config>).export_checkpoint(<module built as for training>, {str(rescue)!r}, "
+                "export_dir=...)`."
+            )
+        try:
+            return type(error)(f"{error}{note}")
+        except Exception:  # an error class with another signature
+            return RuntimeError(f"lightning-prune: the export failed: {error!r}.{note}")
 
     def export_checkpoint(
         self,
