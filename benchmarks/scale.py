@@ -4,8 +4,10 @@ The models are built on the meta device (no memory, no initialisation), so the t
 pruner alone: the cost model, the gates and the deterministic-mask selection of :mod:`lightning_prune.selection`
 over every unit of a Llama-2-7B (32 layers × 32 heads, FFN 11008, hidden 4096, vocab 32000) and a Llama-3-8B
 (GQA 32/8, FFN 14336, hidden 4096, vocab 128256). Gates get random scores so that the selection has real work to
-do (the learned counts miss the target in both directions across seeds). Export needs real weights and is not
-timed here.
+do (the learned counts miss the target in both directions across seeds). "Export plan" is the export's
+``build_compact`` on the meta model: every slice index, per-layer shape and the compact model's structure, without
+weights (the weight work itself is measured by ``benchmarks/export_memory.py`` on a real 1.1B model); its
+parameter count is checked against the cost model's exact count.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py
     OMP_NUM_THREADS=1 python benchmarks/scale.py --models llama2-7b --structures heads ffn --repeats 3
@@ -22,7 +24,8 @@ import _common  # noqa: F401  (sets the offline environment variables)
 import torch
 
 import lightning_prune as lp
-from lightning_prune.pruner import _binary
+from lightning_prune.export.merge import MergedWeights
+from lightning_prune.pruner import STATE_ATTRIBUTE, _binary
 
 SHAPES = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -74,9 +77,15 @@ def run(
     randomise(pruner, seed=0)  # attach on a meta model gives real gates on the CPU
     units = sum(spec.rows * spec.units for spec in pruner.specs.values())
 
-    def penalty_step():
+    optimizer = torch.optim.AdamW(
+        [{"params": pruner.gate_parameters(), "lr": 0.1}, {"params": pruner.multiplier_parameters(), "lr": 0.01}]
+    )
+
+    def penalty_step():  # the gates' share of a training step: penalty, its backward, their optimizer update
         pruner.penalty().backward()
+        optimizer.step()
         pruner.step()
+        optimizer.zero_grad(set_to_none=True)
 
     penalty_s, _ = timed(penalty_step, repeats * 5)
 
@@ -94,6 +103,16 @@ def run(
     stats = [fresh(pruner.stats, lambda: next(seeds))() for _ in range(repeats)]
     masks = select[-1][1]
     exact = float(pruner.cost.sparsity(_binary(masks)))
+    plans = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        weights = MergedWeights(pruner.model, skip_prefix=STATE_ATTRIBUTE)
+        compact, _ = pruner.config.build_compact(pruner, weights, masks)
+        plans.append(time.perf_counter() - start)
+    counted = sum(p.numel() for p in compact.parameters())
+    predicted = int(round(float(pruner.cost.total(_binary(masks))[0])))
+    if counted != predicted:
+        raise RuntimeError(f"{name}: the planned compact model has {counted} parameters, the cost model {predicted}")
     return {
         "model": name,
         "structures": "+".join(structures)
@@ -104,6 +123,7 @@ def run(
         "penalty_step_ms": penalty_s * 1e3,
         "select_s": statistics.median(t for t, _ in select),
         "stats_s": statistics.median(t for t, _ in stats),
+        "plan_s": statistics.median(plans),
         "exact_sparsity": exact,
     }
 
@@ -122,15 +142,17 @@ def main() -> None:
     logging.getLogger("lightning_prune").setLevel(logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); medians of {args.repeats} (penalty: ×5)")
     header = (
-        "| model | structures | units | attach | penalty+backward+step | mask selection | stats() | exact sparsity |"
+        "| model | structures | units | attach | penalty+backward+step | mask selection | stats() | export plan "
+        "| exact sparsity |"
     )
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for name in args.models:
         r = run(name, tuple(args.structures), args.target, args.repeats, args.multiple_of, args.uniform)
         print(
             f"| {r['model']} | {r['structures']} | {r['units']:,} | {r['attach_s']:.2f} s | "
             f"{r['penalty_step_ms']:.1f} ms | {r['select_s'] * 1e3:.0f} ms | {r['stats_s'] * 1e3:.0f} ms | "
+            f"{r['plan_s']:.2f} s | "
             f"{r['exact_sparsity']:.4f} (target {args.target}) |"
         )
 

@@ -72,3 +72,31 @@ def test_materialised_model_trains_one_step_and_exports_what_it_computes(load_ga
     assert pruner.last_report.exact_sparsity >= 0.3 - 1e-6
     with torch.no_grad():
         torch.testing.assert_close(compact(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_export_plan_on_the_meta_device_matches_the_real_export():
+    """``build_compact`` on a meta model plans a 7B export without weights (benchmarks/scale.py): the same
+    layer shapes and parameter count as the real export of the same gates."""
+    from conftest import randomize_gates, tiny_config
+
+    from lightning_prune.export.merge import MergedWeights
+    from lightning_prune.pruner import STATE_ATTRIBUTE, _binary
+
+    config = lp.L0Config(structures=("heads", "ffn", "hidden"), target_sparsity=0.4)
+    real = lp.attach(tiny_causal_lm("llama"), config)
+    randomize_gates(real, seed=4)
+    with torch.device("meta"):
+        meta_model = transformers.AutoModelForCausalLM.from_config(tiny_config("llama"))
+    planned = lp.attach(meta_model, config)
+    planned.state.load_state_dict(real.state.state_dict())
+    planned.config.match_target = real.config.match_target  # randomize_gates switches it off (a live field)
+    masks = planned.deterministic_masks()
+    assert all(torch.equal(masks[k], m) for k, m in real.deterministic_masks().items())
+    compact, info = planned.config.build_compact(
+        planned, MergedWeights(planned.model, skip_prefix=STATE_ATTRIBUTE), masks
+    )
+    assert all(p.is_meta for p in compact.parameters())
+    exported = real.export()
+    assert info["layer_shapes"] == real.last_report.layer_shapes
+    assert sum(p.numel() for p in compact.parameters()) == sum(p.numel() for p in exported.parameters())
+    assert sum(p.numel() for p in compact.parameters()) == int(round(float(planned.cost.total(_binary(masks))[0])))

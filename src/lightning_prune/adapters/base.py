@@ -115,7 +115,10 @@ class CompactState:
     def __init__(self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
         self.state = state
         self.masks = masks
-        self.device = next(iter(state.values())).device
+        device = next(iter(state.values())).device
+        # Masks live with the weights (products on GPU stay there); on the meta device (planning a 7B export without
+        # weights) decisions need real values, so they stay on the CPU and products move them with ``.to(weight)``.
+        self.device = torch.device("cpu") if device.type == "meta" else device
         self.new: dict[str, torch.Tensor] = {}
         self.taken: set[str] = set()
 

@@ -305,7 +305,7 @@ class LlamaAdapter(ModelAdapter):
         p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
         nh, nkv, L = self.num_heads, self.num_kv_heads, self.num_layers
         surgery = CompactState(state, masks)
-        dev, mask_of = surgery.device, surgery.mask
+        mask_of = surgery.mask
         hidden_m, h_keep = surgery.hidden(d)
         d_new = int(h_keep.numel())
         head_m, ffn_m = mask_of("heads", L, nkv), mask_of("ffn", L, self.intermediate_size)
@@ -322,14 +322,14 @@ class LlamaAdapter(ModelAdapter):
         new, take, get, put = surgery.new, surgery.taken, surgery.get, surgery.put
 
         embed = get(f"{p}embed_tokens.weight")
-        put(f"{p}embed_tokens.weight", (embed * hidden_m.to(embed.dtype))[:, h_keep])
+        put(f"{p}embed_tokens.weight", (embed * hidden_m.to(embed))[:, h_keep])
 
         layer_shapes = []
         for l in range(L):
             base = f"{p}layers.{l}."
             a_scale, m_scale = attn_z[l], mlp_z[l]
             groups = (head_m[l] != 0).nonzero().flatten() if a_scale != 0 else head_m.new_zeros(0, dtype=torch.long)
-            heads = (groups[:, None] * nrep + torch.arange(nrep, device=dev)).flatten()  # kept query heads
+            heads = (groups[:, None] * nrep + torch.arange(nrep, device=groups.device)).flatten()  # kept query heads
             pairs = (qk_m[l] != 0).nonzero().flatten()
             qk_idx, v_idx = qk_dim_index(pairs, hd), (v_m[l] != 0).nonzero().flatten()  # kept dims of a head
             rows = {
@@ -342,7 +342,7 @@ class LlamaAdapter(ModelAdapter):
             for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
                 w, b = get(f"{base}self_attn.{name}.weight"), get(f"{base}self_attn.{name}.bias")
                 if name != "v_proj" and qk_scale is not None:
-                    row_scale = qk_scale.repeat(n).to(w.dtype)
+                    row_scale = qk_scale.repeat(n).to(w)
                     w, b = w * row_scale[:, None], None if b is None else b * row_scale
                 put(f"{base}self_attn.{name}.weight", w[rows[name]][:, h_keep])
                 put(f"{base}self_attn.{name}.bias", None if b is None else b[rows[name]])
@@ -350,9 +350,9 @@ class LlamaAdapter(ModelAdapter):
                 for norm in ("q_norm", "k_norm"):
                     put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[qk_idx])
             w, b = get(f"{base}self_attn.o_proj.weight"), get(f"{base}self_attn.o_proj.bias")
-            out_scale = (hidden_m * a_scale).to(w.dtype)
+            out_scale = (hidden_m * a_scale).to(w)
             in_scale = head_m[l].repeat_interleave(nrep * hd) * v_m[l].repeat(nh)  # KV groups × value dims
-            w = w * in_scale.to(w.dtype)[None, :] * out_scale[:, None]
+            w = w * in_scale.to(w)[None, :] * out_scale[:, None]
             o_cols = (heads[:, None] * hd + v_idx).flatten()
             put(f"{base}self_attn.o_proj.weight", w[h_keep][:, o_cols])
             put(f"{base}self_attn.o_proj.bias", None if b is None else (b * out_scale)[h_keep])
@@ -363,8 +363,8 @@ class LlamaAdapter(ModelAdapter):
                 put(f"{base}mlp.{name}.weight", w[channels][:, h_keep])
                 put(f"{base}mlp.{name}.bias", None if b is None else b[channels])
             w, b = get(f"{base}mlp.down_proj.weight"), get(f"{base}mlp.down_proj.bias")
-            out_scale = (hidden_m * m_scale).to(w.dtype)
-            w = w * ffn_m[l].to(w.dtype)[None, :] * out_scale[:, None]
+            out_scale = (hidden_m * m_scale).to(w)
+            w = w * ffn_m[l].to(w)[None, :] * out_scale[:, None]
             put(f"{base}mlp.down_proj.weight", w[h_keep][:, channels])
             put(f"{base}mlp.down_proj.bias", None if b is None else (b * out_scale)[h_keep])
             for norm in ("input_layernorm", "post_attention_layernorm"):
@@ -416,7 +416,7 @@ class LlamaAdapter(ModelAdapter):
                 compact = build_per_layer_model(self.family, type(self.model).__name__, config, layer_shapes)
         uniform = standard is not None
         assign_weights(compact, new, state, self.model, tied=f"{self.head_name}.weight" if self.tied else None)
-        return compact.to(dev), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
+        return compact.to(embed.device), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
 
 
 def _standard_config(config_class: type, values: dict[str, Any]) -> Any | None:

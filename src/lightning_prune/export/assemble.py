@@ -72,7 +72,8 @@ def assign_weights(
     missing = [k for k in missing if k != tied]
     if tied is not None:
         compact.tie_weights()
-    left = [name for name, p in compact.named_parameters() if p.is_meta]
+    planning = any(p.is_meta for p in source.parameters())  # a meta model plans its export: meta in, meta out
+    left = [] if planning else [name for name, p in compact.named_parameters() if p.is_meta]
     if missing or unexpected or left:
         raise RuntimeError(
             f"Internal error building the compact model: missing keys {missing[:5]}, unexpected {unexpected[:5]}, "
