@@ -279,7 +279,7 @@ class BertAdapter(ModelAdapter):
         if hasattr(out, "logits"):
             return out.logits
         hidden = out.last_hidden_state
-        if model is self.model and self._hidden_keep is not None:
+        if self.is_gated(model) and self._hidden_keep is not None:
             hidden = hidden[..., self._hidden_keep.to(hidden.device)]
         parts = [hidden.flatten(1)]
         if getattr(out, "pooler_output", None) is not None:
