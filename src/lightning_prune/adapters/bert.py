@@ -104,7 +104,9 @@ class BertAdapter(ModelAdapter):
         if missing:
             raise UnsupportedModelError(f"The model's config lacks {missing}; the BERT adapter needs them.")
         cls_name = type(model).__name__
-        self.kind = next((k for k in _SUPPORTED_KINDS if cls_name.endswith(k)), None)
+        prefix = BERT_FAMILIES.get(getattr(config, "model_type", None), "")
+        names = {cls.__name__ for cls in type(model).__mro__}  # BertModel or a subclass; not BertLMHeadModel
+        self.kind = next((k for k in _SUPPORTED_KINDS if f"{prefix}{k}" in names), None)
         if self.kind is None:
             raise UnsupportedModelError(
                 f"The BERT adapter supports *Model and *ForSequenceClassification, not {cls_name}. Prune the "
