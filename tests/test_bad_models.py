@@ -1,4 +1,4 @@
-"""Models and runs the library must refuse early and clearly: quantized bases, DoRA adapters, tied embeddings
+"""Models and runs the library must refuse early and clearly: quantized bases, tied embeddings
 under hidden-dim pruning (supported: checked exact), missing config fields, and NaN losses in the training
 integrations (stopped with the step named, before the gates are updated)."""
 
@@ -27,14 +27,6 @@ def test_integer_weights_are_refused_at_attach():
     packed = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
     layer.register_parameter("qweight", packed)  # as GPTQ/AWQ layers store packed integer weights
     with pytest.raises(lp.UnsupportedModelError, match=r"integer weight `model.layers.0.mlp.qweight`"):
-        lp.attach(model, lp.L0Config())
-
-
-def test_dora_is_refused_at_attach_not_at_export():
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(tiny_causal_lm("llama"), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
-    with pytest.raises(lp.UnsupportedModelError, match=r"DoRA.*use_dora=False"):
         lp.attach(model, lp.L0Config())
 
 

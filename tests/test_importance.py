@@ -244,3 +244,39 @@ def test_lightning_callback_initialises_at_the_transition():
     assert callback.pruner.importance.done
     optimizer_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     assert optimizer_params <= {id(p) for p in trainer.lightning_module.parameters()}  # no probe mask in it
+
+
+def test_hf_trainer_initialises_at_the_transition(tmp_path):
+    from test_hf_trainer import MotifTokens, training_args
+
+    from lightning_prune.integrations.hf_trainer import PruningTrainer, PruningTrainerCallback
+
+    model, _ = _planted()
+    callback = PruningTrainerCallback(_config(target_sparsity=0.4, warmup_steps=3), dense_steps=3, freeze_after_steps=6)
+    trainer = PruningTrainer(
+        model=model, args=training_args(tmp_path, 8), train_dataset=MotifTokens(16), callbacks=[callback]
+    )
+    trainer.train()
+    importance = callback.pruner.importance
+    assert importance.done and int(importance.batches) == 3
+    assert float(importance.fisher("heads").sum()) > 0
+    optimizer_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimizer_params <= {id(p) for p in model.parameters()}
+
+
+def test_recipe_derives_config_and_schedule_from_max_steps():
+    from lightning_prune import recipes
+
+    config, phases = recipes.l0(target_sparsity=0.5, max_steps=300)
+    schedule = recipes.L0_SCHEDULE
+    assert config.init_from_importance and config.target_sparsity == 0.5
+    assert phases == {
+        "dense_steps": int(300 * schedule.dense),
+        "freeze_after_steps": int(300 * schedule.freeze),
+    }
+    assert 0 < config.warmup_steps <= phases["freeze_after_steps"] - phases["dense_steps"]
+    callback = recipes.l0_callback(0.3, 100, export_dir=None, plot=False)
+    assert callback.dense_steps == max(1, int(100 * schedule.dense)) and callback.config.target_sparsity == 0.3
+    assert recipes.l0(0.5, 300, gate_lr=0.7)[0].gate_lr == 0.7  # explicit fields win
+    with pytest.raises(PruningConfigError, match="max_steps"):
+        recipes.l0(0.5, 5)

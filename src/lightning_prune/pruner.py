@@ -669,7 +669,8 @@ class Pruner:
             # the export folds the merged path, with the masks it exported (none in the dense phase)
             self.phase, self.mask_path = ("dense" if dense else "frozen"), "merged"
             try:
-                checked = verify_export(self.adapter, self.hf_model, compact, self.config.export_rtol)
+                # the model the user runs: a peft wrapper's forward is what was trained (and what the check compares)
+                checked = verify_export(self.adapter, self.model, compact, self.config.export_rtol)
                 report.max_abs_diff, report.reference_scale, report.generation_max_abs_diff = checked[:3]
                 report.check_dtype = checked[3]
             finally:

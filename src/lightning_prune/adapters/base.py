@@ -57,14 +57,19 @@ def base_layer(module: nn.Module) -> nn.Module:
 
 def plain_parameter_sizes(model: nn.Module) -> dict[str, int]:
     """Parameter sizes of ``model`` under the plain model's names: peft wrappers seen through
-    (``base_layer``), LoRA adapters and the pruner's own state skipped, shared tensors counted once."""
+    (``base_layer``), tuner tensors (``lora_A``, ``ia3_l``, ...) and the pruner's own state skipped, shared tensors
+    counted once."""
+    from lightning_prune.peft_tuners import plain_key, tuner_layers
+
+    layers = tuner_layers(model)
     out: dict[str, int] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        if "lora_" in name or "pruning_gates" in name or ".original_module." in name or id(p) in seen:
+        clean = plain_key(name, layers)
+        if clean is None or "pruning_gates" in name or id(p) in seen:
             continue
         seen.add(id(p))
-        out[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = p.numel()
+        out[clean] = p.numel()
     return out
 
 
@@ -77,10 +82,12 @@ def check_prunable_weights(model: nn.Module) -> None:
     Raises:
         UnsupportedModelError: a quantized base (a ``quantization_config`` whose loader keeps quantized storage, such
             as bitsandbytes, GPTQ, AWQ, torchao or compressed-tensors; quantized layers or tensor subclasses; integer
-            or fp8 weights) or DoRA adapters (``use_dora=True``).
+            or fp8 weights), or a peft tuner the export cannot merge (prompt learning, an unsupported tuner family,
+            ``lora_bias`` without a base bias; see :func:`lightning_prune.peft_tuners.check_tuners`).
     """
     from lightning_prune.adapters.quantization import DEQUANTIZED_ON_LOAD, find_quantized_weight, quantization_method
     from lightning_prune.errors import UnsupportedModelError
+    from lightning_prune.peft_tuners import check_tuners
 
     method = quantization_method(model)
     found = find_quantized_weight(model)
@@ -92,12 +99,7 @@ def check_prunable_weights(model: nn.Module) -> None:
             "of a 4/8-bit base is not supported. (A GGUF file loaded with `gguf_file=` is fine: transformers "
             "dequantizes it to fp32.)"
         )
-    dora = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
-    if dora:
-        raise UnsupportedModelError(
-            f"DoRA adapters (use_dora=True, e.g. `{dora[0]}`) cannot be merged exactly by the export yet. Use plain "
-            "LoRA (use_dora=False), or merge_and_unload() the DoRA model and attach the gates to the merged model."
-        )
+    check_tuners(model)
 
 
 class CompactState:
@@ -206,6 +208,23 @@ class ModelAdapter(abc.ABC):
         return masks
 
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The tensor compared by the equivalence check (logits by default)."""
-        out = model(**inputs)
-        return out.logits if hasattr(out, "logits") else out[0]
+        """The tensor compared by the equivalence check (see :func:`output_tensor`)."""
+        return output_tensor(model(**inputs))
+
+    def is_gated(self, model: nn.Module) -> bool:
+        """Whether ``model`` is the gated model (or the peft wrapper around it), not a compact one."""
+        from lightning_prune.peft_tuners import unwrap_model
+
+        return unwrap_model(model) is self.model
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """What a head class computes, as one tensor: ``logits`` (LM, sequence / token classification), the start and
+    end logits stacked on a last dim (question answering), else the last hidden state (a bare backbone)."""
+    if getattr(out, "logits", None) is not None:
+        return out.logits
+    start, end = getattr(out, "start_logits", None), getattr(out, "end_logits", None)
+    if start is not None and end is not None:
+        return torch.stack([start, end], dim=-1)
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out[0]

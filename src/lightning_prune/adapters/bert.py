@@ -104,7 +104,9 @@ class BertAdapter(ModelAdapter):
         if missing:
             raise UnsupportedModelError(f"The model's config lacks {missing}; the BERT adapter needs them.")
         cls_name = type(model).__name__
-        self.kind = next((k for k in _SUPPORTED_KINDS if cls_name.endswith(k)), None)
+        prefix = BERT_FAMILIES.get(getattr(config, "model_type", None), "")
+        names = {cls.__name__ for cls in type(model).__mro__}  # BertModel or a subclass; not BertLMHeadModel
+        self.kind = next((k for k in _SUPPORTED_KINDS if f"{prefix}{k}" in names), None)
         if self.kind is None:
             raise UnsupportedModelError(
                 f"The BERT adapter supports *Model and *ForSequenceClassification, not {cls_name}. Prune the "
@@ -279,7 +281,7 @@ class BertAdapter(ModelAdapter):
         if hasattr(out, "logits"):
             return out.logits
         hidden = out.last_hidden_state
-        if model is self.model and self._hidden_keep is not None:
+        if self.is_gated(model) and self._hidden_keep is not None:
             hidden = hidden[..., self._hidden_keep.to(hidden.device)]
         parts = [hidden.flatten(1)]
         if getattr(out, "pooler_output", None) is not None:

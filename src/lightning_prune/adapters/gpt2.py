@@ -214,7 +214,7 @@ class GPT2Adapter(ModelAdapter):
         if hasattr(out, "logits"):
             return out.logits
         hidden = out.last_hidden_state
-        if model is self.model and self._hidden_keep is not None:
+        if self.is_gated(model) and self._hidden_keep is not None:
             hidden = hidden[..., self._hidden_keep.to(hidden.device)]
         return hidden
 

@@ -31,6 +31,7 @@ from lightning_prune.adapters.base import (
     ModelAdapter,
     base_layer,
     block_structures,
+    output_tensor,
     plain_parameter_sizes,
 )
 from lightning_prune.adapters.head_dims import install_head_dim_hooks, qk_dim_index
@@ -46,6 +47,25 @@ LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2
 
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 
+#: Head classes (class-name suffixes after the family prefix) the adapter exports, with the linear head that reads
+#: the final hidden state (``None``: a bare backbone). Every one has a per-layer class in modeling_template.py.txt.
+SUPPORTED_KINDS: dict[str, str | None] = {
+    "ForCausalLM": "lm_head",
+    "ForSequenceClassification": "score",
+    "ForTokenClassification": "score",
+    "ForQuestionAnswering": "qa_outputs",
+    "Model": None,
+}
+
+
+def model_kind(model: nn.Module, prefix: str) -> str | None:
+    """The supported kind of ``model`` (``"ForCausalLM"`` for ``LlamaForCausalLM`` or a subclass), else ``None``."""
+    for cls in type(model).__mro__:
+        for kind in SUPPORTED_KINDS:
+            if cls.__name__ == f"{prefix}{kind}":
+                return kind
+    return None
+
 
 _PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
@@ -56,7 +76,13 @@ def _is_projection(key: str, block: str) -> bool:
 
 
 class LlamaAdapter(ModelAdapter):
-    """Adapter for ``*ForCausalLM`` / ``*ForSequenceClassification`` / ``*Model`` of the Llama family."""
+    """Adapter for the Llama family's ``*Model``, ``*ForCausalLM``, ``*ForSequenceClassification``,
+    ``*ForTokenClassification`` and ``*ForQuestionAnswering`` (:data:`SUPPORTED_KINDS`).
+
+    Raises:
+        UnsupportedModelError: another class with a Llama-family config, a config the adapter cannot read, or
+            projections that are not ``nn.Linear`` (a quantized model).
+    """
 
     model_types = tuple(LLAMA_FAMILIES)
 
@@ -71,6 +97,14 @@ class LlamaAdapter(ModelAdapter):
         if missing:
             raise UnsupportedModelError(f"The model's config lacks {missing}; the Llama adapter needs them.")
         self.family = config.model_type
+        class_prefix = LLAMA_FAMILIES[self.family]
+        self.kind = model_kind(model, class_prefix)
+        if self.kind is None:
+            supported = ", ".join(f"{class_prefix}{kind}" for kind in SUPPORTED_KINDS)
+            raise UnsupportedModelError(
+                f"The llama adapter supports {supported} (model_type={self.family!r}), not {type(model).__name__}. "
+                "Prune one of those (e.g. the backbone, or the causal LM) and put your own head on the export."
+            )
         self.backbone = model.base_model  # LlamaModel (the model itself when given a bare LlamaModel)
         self.prefix = "" if self.backbone is model else f"{model.base_model_prefix}."
         self.layers = self.backbone.layers
@@ -105,12 +139,14 @@ class LlamaAdapter(ModelAdapter):
                 f"num_attention_heads*head_dim = {self.num_heads * self.head_dim}; "
                 "the config does not match the weights."
             )
-        self.head = None
-        for head_name in ("lm_head", "score"):
-            if hasattr(model, head_name):
-                self.head_name = head_name
-                self.head = getattr(model, head_name)
-                break
+        self.head_name = SUPPORTED_KINDS[self.kind]
+        self.head = None if self.head_name is None else getattr(model, self.head_name)
+        if self.head is not None and not isinstance(base_layer(self.head), nn.Linear):
+            raise UnsupportedModelError(
+                f"Expected `{self.head_name}` of {type(model).__name__} to be an nn.Linear, got "
+                f"{type(base_layer(self.head)).__name__}."
+            )
+        self._hidden_keep: torch.Tensor | None = None  # kept hidden dims of the last build_compact
         self.tied = (
             bool(getattr(config, "tie_word_embeddings", False))
             and self.head is not None
@@ -291,10 +327,13 @@ class LlamaAdapter(ModelAdapter):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(**inputs)
-        if hasattr(out, "logits"):
-            return out.logits
-        return out.last_hidden_state
+        """What the head computes (:func:`output_tensor`); for a bare backbone the last hidden state, read on the gated
+        model at the hidden dims kept by the last :meth:`build_compact` (the pruned ones are 0 there and absent from
+        the compact model)."""
+        out = output_tensor(model(**inputs))
+        if self.head is None and self.is_gated(model) and self._hidden_keep is not None:
+            out = out[..., self._hidden_keep.to(out.device)]
+        return out
 
     def build_compact(
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
@@ -416,6 +455,7 @@ class LlamaAdapter(ModelAdapter):
                 compact = build_per_layer_model(self.family, type(self.model).__name__, config, layer_shapes)
         uniform = standard is not None
         assign_weights(compact, new, state, self.model, tied=f"{self.head_name}.weight" if self.tied else None)
+        self._hidden_keep = h_keep.cpu()
         return compact.to(embed.device), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
 
 

@@ -1,8 +1,9 @@
 """Merged weights without touching the training model.
 
 :class:`MergedWeights` is the state of the underlying Hugging Face model as if peft's ``merge_and_unload()`` had
-been called (``W + scale · B A`` for every active LoRA adapter), with peft's names mapped back to the plain model's
-names, **one tensor at a time**: a LoRA-wrapped weight is merged when it is read and belongs to the reader, which
+been called (``W + scale · B A`` for every active LoRA adapter; IA3, LoHa, ... alike, see
+:mod:`lightning_prune.peft_tuners`), with peft's names mapped back to the plain model's
+names, **one tensor at a time**: a tuner-wrapped weight is merged when it is read and belongs to the reader, which
 slices it and lets it go, so an export never holds a second full copy of the model. Every other tensor is the live
 one (no copy); :meth:`MergedWeights.owned` copies what a compact model would otherwise share with the live model.
 The live model, its adapters and its hooks stay as they are, so training can go on after an export.
@@ -18,65 +19,45 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.peft_tuners import merged_layer, merges_on_export, plain_key, tuner_layers, unwrap_model
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside a peft ``PeftModel`` (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):
-        return get_base()
-    return model
-
-
-def _is_lora_layer(module: nn.Module) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "get_base_layer") and hasattr(module, "get_delta_weight")
-
-
-def _clean_key(key: str) -> str | None:
-    if ".lora_" in key or key.startswith("lora_") or ".original_module." in key:
-        return None
-    return key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+__all__ = ["MergedWeights", "merged_state_dict", "owned_state", "unwrap_model"]
 
 
 class MergedWeights(Mapping[str, torch.Tensor]):
-    """The plain model's state dict with every active LoRA adapter merged, computed per tensor on access.
+    """The plain model's state dict with every active peft adapter merged, computed per tensor on access.
 
-    Reading a LoRA-wrapped weight returns a fresh ``W + Σ scale · B A`` (peft's ``get_delta_weight``, added in the
-    base weight's dtype: what ``merge_and_unload`` computes); reading any other tensor returns the live tensor
-    itself, detached. Nothing is cached, so the caller decides how long a merged tensor lives.
+    Reading the weight (or bias) of a tuner-wrapped layer returns a fresh merged tensor (peft's own ``merge()`` on a
+    copy of the layer: what ``merge_and_unload`` computes, in the base weight's dtype); reading any other tensor
+    returns the live tensor itself, detached. Nothing large is cached, so the caller decides how long a merged tensor
+    lives (a merged bias is kept until read, since the weight's merge computes it too).
 
     A method may change a tensor before the adapter slices it (PAT folds its HSMs): ``weights[key] = value`` stores
     a replacement, and :meth:`transform` registers a function applied on every read (nothing held meanwhile).
 
     Args:
-        model: the model (a peft ``PeftModel`` or a plain model with LoRA layers injected, or no LoRA at all).
+        model: the model (a peft ``PeftModel`` or a plain model with tuner layers injected, or no tuner at all).
         skip_prefix: state-dict prefix of the pruner's own state, left out.
-
-    Raises:
-        UnsupportedModelError: an adapter kind whose merge cannot be reproduced (DoRA), so that export never folds
-            a wrong weight.
     """
 
     def __init__(self, model: nn.Module, skip_prefix: str = "pruning_gates") -> None:
         hf = unwrap_model(model)
+        layers = tuner_layers(hf)
         self._live: dict[str, torch.Tensor] = {}
         for key, value in hf.state_dict(keep_vars=True).items():
             if key.startswith(f"{skip_prefix}.") or f".{skip_prefix}." in key:
                 continue
-            if "lora_magnitude_vector" in key:
-                raise UnsupportedModelError(
-                    "DoRA adapters (use_dora=True) cannot be merged by the export yet. Train with plain LoRA, or call "
-                    "merge_and_unload() yourself and attach the gates to the merged model."
-                )
-            clean = _clean_key(key)
+            clean = plain_key(key, layers)
             if clean is not None:
                 self._live[clean] = value.detach()
-        #: clean weight key -> (module path, peft layer) for every LoRA layer not merged yet
-        self._lora: dict[str, tuple[str, nn.Module]] = {
-            f"{name}.weight": (name, module)
-            for name, module in hf.named_modules()
-            if _is_lora_layer(module) and not getattr(module, "merged", False)
-        }
+        #: clean weight / bias key -> (module path, peft layer) for every tuner layer whose adapters the forward adds
+        self._tuned: dict[str, tuple[str, nn.Module]] = {}
+        for name, module in layers.items():
+            if merges_on_export(module):
+                for tensor in ("weight", "bias"):
+                    if f"{name}.{tensor}" in self._live:
+                        self._tuned[f"{name}.{tensor}"] = (name, module)
+        self._merged_bias: dict[str, torch.Tensor] = {}
         self._replaced: dict[str, torch.Tensor] = {}
         self._transforms: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
         self._storages = {t.untyped_storage().data_ptr() for t in self._live.values() if not t.is_meta}
@@ -86,7 +67,7 @@ class MergedWeights(Mapping[str, torch.Tensor]):
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self._replaced:
             value = self._replaced[key]
-        elif key in self._lora:
+        elif key in self._tuned:
             value = self._merge(key)
         else:
             value = self._live[key]
@@ -126,21 +107,22 @@ class MergedWeights(Mapping[str, torch.Tensor]):
 
     @torch.no_grad()
     def _merge(self, key: str) -> torch.Tensor:
-        name, module = self._lora[key]
-        base = module.get_base_layer().weight.detach()
-        merged = None
-        for adapter in getattr(module, "active_adapters", []):
-            if adapter not in module.lora_A and adapter not in getattr(module, "lora_embedding_A", {}):
-                continue
-            delta = module.get_delta_weight(adapter)
-            if delta.shape != base.shape:
-                raise UnsupportedModelError(
-                    f"Cannot merge LoRA adapter {adapter!r} of `{name}`: delta {tuple(delta.shape)} vs weight "
-                    f"{tuple(base.shape)}."
-                )
-            merged = base + delta.to(base.dtype) if merged is None else merged.add_(delta.to(base.dtype))
-            del delta
-        return base.clone() if merged is None else merged
+        name, module = self._tuned[key]
+        if key in self._merged_bias:
+            return self._merged_bias.pop(key)
+        try:
+            merged = merged_layer(module)
+        except Exception as error:  # noqa: BLE001 - peft's own merge failed: say which layer, never fold a guess
+            raise UnsupportedModelError(
+                f"Cannot merge the peft adapters of `{name}` ({type(module).__qualname__}) into the compact model: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        weight, bias = merged.weight.detach(), getattr(merged, "bias", None)
+        if key.endswith(".bias"):
+            return bias.detach()
+        if bias is not None and f"{name}.bias" in self._tuned:
+            self._merged_bias[f"{name}.bias"] = bias.detach()
+        return weight
 
 
 def owned_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,6 +138,6 @@ def merged_state_dict(model: nn.Module, skip_prefix: str = "pruning_gates") -> d
     a copy). Exports read :class:`MergedWeights` instead, which holds at most one merged tensor at a time.
 
     Raises:
-        UnsupportedModelError: an adapter kind whose merge this function cannot reproduce (DoRA).
+        UnsupportedModelError: peft could not merge an adapter.
     """
     return owned_state(MergedWeights(model, skip_prefix))

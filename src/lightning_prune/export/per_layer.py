@@ -39,6 +39,8 @@ AUTO_CLASSES: dict[str, str] = {
     "ForCausalLM": "AutoModelForCausalLM",
     "LMHeadModel": "AutoModelForCausalLM",  # GPT2LMHeadModel
     "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "Model": "AutoModel",
 }
 
@@ -131,7 +133,10 @@ for _model_type, _prefix in LLAMA_FAMILIES.items():
     register_per_layer_family(
         _model_type,
         PerLayerFamily(
-            _prefix, "modeling_template.py.txt", ("ForCausalLM", "ForSequenceClassification", "Model"), _llama_nominal
+            _prefix,
+            "modeling_template.py.txt",
+            ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
+            _llama_nominal,
         ),
     )
 for _model_type, _prefix in BERT_FAMILIES.items():

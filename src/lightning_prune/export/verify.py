@@ -1,9 +1,11 @@
 """The equivalence check that makes an export unable to lie.
 
-The compact model must compute what the gated model computes in eval mode. Both run on the same random
-inputs; the largest absolute difference of their outputs must stay within ``rtol`` times the largest
-absolute output. Tolerances: ``rtol`` (default 1e-4) for fp32; 2e-2 for bf16 and 5e-3 for fp16, whose
-rounding differs between a masked and a sliced matmul.
+The compact model must compute what the gated model computes in eval mode, as the user runs it: through its peft
+wrapper when there is one (tuners that change the wrapper's forward rather than the weights, such as prompt
+learning, are refused at attach, see :mod:`lightning_prune.peft_tuners`). Both run on the same random inputs; the
+largest absolute difference of their outputs must stay within ``rtol`` times the largest absolute output.
+Tolerances: ``rtol`` (default 1e-4) for fp32; 2e-2 for bf16 and 5e-3 for fp16, whose rounding differs between a
+masked and a sliced matmul.
 
 In fp32 the masked and the sliced model round differently, and deep models with large activations (real LLMs:
 SmolLM2-135M reaches 0.4–2.4 × 1e-4 of the logit scale) can exceed ``rtol`` with an exact export. When an fp32
@@ -27,6 +29,7 @@ from torch import nn
 
 from lightning_prune.adapters.base import ModelAdapter
 from lightning_prune.errors import ExportMismatchError
+from lightning_prune.peft_tuners import unwrap_model
 
 log = logging.getLogger("lightning_prune")
 
@@ -46,7 +49,7 @@ def is_causal_lm(model: nn.Module) -> bool:
 
 def max_positions(model: nn.Module) -> int | None:
     """The model's position limit (``max_position_embeddings`` / ``n_positions``), if its config has one."""
-    config = getattr(model, "config", None)
+    config = getattr(unwrap_model(model), "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -131,7 +134,7 @@ def check_generation(
     Raises:
         ExportMismatchError: the cached decoding differs from the gated model.
     """
-    if not (is_causal_lm(compact) and is_causal_lm(gated)):
+    if not (is_causal_lm(compact) and is_causal_lm(unwrap_model(gated))):
         return None
     from transformers import GenerationConfig
 

@@ -39,6 +39,7 @@ from lightning_prune.adapters import resolve_adapter
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError, UnsupportedModelError
 from lightning_prune.export.io import check_export_dir, export_dir_problem
 from lightning_prune.export.merge import unwrap_model
+from lightning_prune.integrations.fsdp import sharding_of
 from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
 from lightning_prune.integrations.resume import (  # noqa: F401  (config_fingerprint: imported from here before)
     config_fingerprint,
@@ -210,6 +211,7 @@ class PruningCallback(Callback, PhaseSchedule):
                     "to the loss, optimize `pruner.param_groups(...)` and call `pruner.step()` after `opt.step()`."
                 )
             self._check_export_dir(trainer)
+        _check_strategy(trainer)
         self.attach(pl_module)
         self._base_seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._patch(pl_module, "on_load_checkpoint", self._wrap_on_load_checkpoint)
@@ -299,6 +301,7 @@ class PruningCallback(Callback, PhaseSchedule):
                 "PruningCallback needs exactly one (automatic optimization) to add the gate groups to. "
                 "Return one optimizer over `self.parameters()`."
             )
+        _check_sharded(trainer, self._pruner)
         optimizer = trainer.optimizers[0]
         groups_before, source = regroup_optimizer_(optimizer, self._pruner)
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
@@ -391,12 +394,16 @@ class PruningCallback(Callback, PhaseSchedule):
                 f"dense_steps={self.dense_steps}); the gates never trained, so the export is the dense model."
             )
         failure: Exception | None = None
+        sharded = sharding_of(self._pruner)
+        if sharded is not None and self.export_dir is not None:  # FSDP2: every rank gathers, rank 0 writes
+            sharded.save_compact(self.export_dir, overwrite=self.overwrite_export)  # a failure raises on every rank
         if trainer.is_global_zero:
             kept = self._kept_units()
             plot_path = None
             if self.export_dir is not None:
                 try:
-                    self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
+                    if sharded is None:
+                        self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
                 except Exception as error:  # the run is not lost: keep what was trained, say how to export it
                     failure = self._rescue(trainer, pl_module, error)
                 else:
@@ -559,7 +566,9 @@ class PruningCallback(Callback, PhaseSchedule):
         problem = config_mismatch(saved, self.config, self._gate_shapes(), "without `ckpt_path`")
         if problem is not None:
             raise PruningConfigError(problem)
-        if pl_module is None:
+        if pl_module is None or ("state_dict" not in checkpoint and saved):
+            # a distributed checkpoint (ModelParallelStrategy's directory) loads the weights into the module itself:
+            # no state_dict to compare here, and the callback state above says it comes from a pruning run
             return
         state = checkpoint.get("state_dict", {})
         current = {k: tuple(v.shape) for k, v in pl_module.state_dict().items() if STATE_ATTRIBUTE in k.split(".")}
@@ -581,6 +590,37 @@ class PruningCallback(Callback, PhaseSchedule):
                 f"Use the pruning config (structures {saved.get('config', {}).get('structures', '?')}) it was "
                 "trained with, or start a new run without `ckpt_path`."
             )
+
+
+def _check_strategy(trainer: pl.Trainer) -> None:
+    """Refuse Lightning's ``FSDPStrategy`` (FSDP1): it flattens the gates into the root's sharded ``FlatParameter``
+    (the penalty, the samples and the export read them outside any forward); it also needs CUDA."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise PruningConfigError(
+            "PruningCallback does not support `FSDPStrategy` (FSDP1): it would shard the gates and multipliers into "
+            "the root module's flat parameter. Use FSDP2 through `ModelParallelStrategy` and call "
+            "`lightning_prune.integrations.fsdp.shard_(self.model, mesh=self.device_mesh['data_parallel'])` in your "
+            "LightningModule's `configure_model` (it keeps the gates replicated and averages their gradients)."
+        )
+
+
+def _check_sharded(trainer: pl.Trainer, pruner: Pruner) -> None:
+    """Under FSDP2 the model must have been sharded by ``shard_``: a bare ``fully_shard`` shards the gates, and no
+    sharding at all under ``ModelParallelStrategy`` leaves their gradients different on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    sharded_gates = [n for n, p in pruner.state.named_parameters() if isinstance(p, DTensor)]
+    model_parallel = type(trainer.strategy).__name__ == "ModelParallelStrategy"
+    if sharded_gates or (model_parallel and trainer.world_size > 1 and sharding_of(pruner) is None):
+        found = f"the gates are sharded DTensors ({sharded_gates[:2]})" if sharded_gates else "`shard_` was not called"
+        raise PruningConfigError(
+            f"PruningCallback under FSDP2: {found}. In `configure_model`, shard the model with "
+            "`lightning_prune.integrations.fsdp.shard_(self.model, mesh=self.device_mesh['data_parallel'])` instead "
+            "of calling `fully_shard` on it yourself: it keeps the gates and multipliers out of the shards, averages "
+            "their gradients across ranks and exports from a full state dict."
+        )
 
 
 def _known_total_steps(trainer: pl.Trainer) -> int | None:
