@@ -28,6 +28,7 @@ training step time vs dense LoRA, and one greedy sample. Writes ``llm_quality.{j
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -366,8 +367,9 @@ def run_row(
     return row
 
 
-def run(model_fn: Callable[[], nn.Module], data: Data, cfg: LLMBenchConfig, log=print) -> list[Row]:
+def run(model_fn: Callable[[], nn.Module], data: Data, cfg: LLMBenchConfig, log=None) -> list[Row]:
     """Every row trained one after the other (the same batches), then timed side by side."""
+    log = log or functools.partial(print, flush=True)  # progress shows even when stdout is a file
     reference = model_fn()
     dense_prunable = bl.prunable_params(reference)
     cfg.hidden_size = reference.config.hidden_size

@@ -343,3 +343,16 @@ def test_the_check_runs_the_peft_wrapper(monkeypatch):
     monkeypatch.setattr(wrapper, "forward", shifted)
     with pytest.raises(lp.ExportMismatchError, match=r"does not compute what the gated model computed on the same"):
         pruner.export()
+
+
+def test_the_check_gives_every_module_its_own_mode_back():
+    """A peft wrapper in training mode around a model in eval mode: the check runs both in eval and then restores
+    each module's own mode (``wrapper.train(True)`` would have switched the model's dropout on)."""
+    wrapper = _peft_model("lora")
+    wrapper.train()
+    wrapper.get_base_model().eval()
+    modes = {name: m.training for name, m in wrapper.named_modules() if "pruning_gates" not in name}
+    pruner = lp.attach(wrapper, lp.L0Config(structures=("heads",), target_sparsity=0.1))
+    randomize_gates(pruner, seed=4)
+    pruner.export()
+    assert {name: m.training for name, m in wrapper.named_modules() if "pruning_gates" not in name} == modes

@@ -147,3 +147,23 @@ def test_corpus_split_is_deterministic_and_held_out():
     assert general and sum(len(d.text) for d in general) > 20000, source
     text = llm_data.render_docstrings('"""Mod."""\ndef f(a, b=1):\n    """Add."""\n', "m")
     assert text == "Module m\n\nMod.\n\ndef f(a, b=1)\n    Add."
+
+
+@pytest.mark.parametrize("name", sorted(set(llm_quality.METHODS) - {"l0"}))
+def test_every_method_entry_trains_and_exports(name):
+    """Each of our rows besides l0 (above) trains on the tiny model and exports without an error. The model ties
+    its embeddings like SmolLM2, so PAT's row goes through the untying it needs."""
+    torch.set_num_threads(1)
+
+    def tied():
+        model = _tiny()
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+        return model
+
+    cfg = _cfg(methods=(name,), baselines=(), hidden_size=64)
+    dense_prunable = llm_baselines.prunable_params(_tiny())
+    row = llm_quality.run_row("ours", name, 0.5, tied, _data(cfg), cfg, dense_prunable)
+    assert not row.error, row.error
+    assert row.domain_ppl > 1 and row.sample
+    assert 0.0 <= row.removed <= 0.5 + 0.05

@@ -18,6 +18,7 @@ check_dependency_versions()  # first: an unsupported transformers/torch fails he
 from lightning_prune.adapters import ModelAdapter, available_adapters, register_adapter
 from lightning_prune.errors import (
     AttachStateError,
+    CorruptExportError,
     DependencyVersionError,
     ExportDirectoryError,
     ExportMismatchError,
@@ -75,6 +76,7 @@ __all__ = [
     "PruningConfigError",
     "UnsupportedModelError",
     "ExportMismatchError",
+    "CorruptExportError",
     "NonFiniteError",
     "AttachStateError",
     "DependencyVersionError",

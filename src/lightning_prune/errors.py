@@ -27,6 +27,13 @@ class ExportMismatchError(RuntimeError):
     """The compact model does not compute what the gated model computed; nothing was returned or saved."""
 
 
+class CorruptExportError(ExportMismatchError):
+    """A saved export no longer holds what ``save_compact`` wrote: a weights file truncated, removed or edited, a
+    tensor taken out, the config changed, or the loaded model does not compute the outputs stored with it. Raised by
+    ``load_compact`` (``verify=True``) before the model is returned; the message names the file and says how to load
+    it anyway (``verify=False``)."""
+
+
 class NonFiniteError(FloatingPointError):
     """NaN or inf appeared in the gates, the penalty or the loss; training is stopped before the model is damaged."""
 

@@ -41,7 +41,7 @@ from lightning_prune.distill import SelfDistiller
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError, UnsupportedModelError
 from lightning_prune.export.io import DEFAULT_MAX_SHARD_SIZE
 from lightning_prune.export.merge import MergedWeights, unwrap_model
-from lightning_prune.export.report import ExportReport, count_parameters
+from lightning_prune.export.report import REPORT_ATTRIBUTE, ExportReport, count_parameters
 from lightning_prune.export.verify import verify_export
 from lightning_prune.gates import Gate
 from lightning_prune.importance import ImportanceScores, global_ranks, importance_per_cost, unit_costs
@@ -676,6 +676,7 @@ class Pruner:
             finally:
                 self.phase, self.mask_path = previous, previous_path
         self.last_report = report
+        setattr(compact, REPORT_ATTRIBUTE, report)  # the report travels with its model (save_compact writes it)
         log.info("lightning-prune: %s", report.summary())
         return compact
 
@@ -687,13 +688,22 @@ class Pruner:
         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     ) -> Path:
         """Export (unless ``compact`` is given) and write the compact model to ``path`` atomically, as safetensors
-        files of at most ``max_shard_size`` each (``"2GB"``, ``"500MB"`` or bytes) that ``load_compact`` reads."""
+        files of at most ``max_shard_size`` each (``"2GB"``, ``"500MB"`` or bytes) that ``load_compact`` reads and
+        verifies. The report written is the one of the model written (attached to it by :meth:`export`); a
+        ``compact`` that did not come from an export is written without one."""
         from lightning_prune.export.io import check_export_dir, save_compact
 
         path = Path(path)
         check_export_dir(path, overwrite)  # fail before spending time on the export
         compact = compact if compact is not None else self.export()
-        return save_compact(compact, path, report=self.last_report, overwrite=overwrite, max_shard_size=max_shard_size)
+        report = getattr(compact, REPORT_ATTRIBUTE, None)
+        if report is None:
+            log.warning(
+                "lightning-prune: save_compact(compact=...) got a model without an export report (not from "
+                "Pruner.export or load_compact); %s is written without lightning_prune_report.json.",
+                path,
+            )
+        return save_compact(compact, path, report=report, overwrite=overwrite, max_shard_size=max_shard_size)
 
     # -- life cycle ----------------------------------------------------------------------------------
     def _check_attached(self) -> None:

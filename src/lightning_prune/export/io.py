@@ -3,6 +3,8 @@
 ``save_compact`` writes into a temporary sibling directory and renames it into place only when every
 file is written, so an interrupted export never leaves a directory that looks complete. A uniform export
 is a standard transformers directory; a per-layer export also carries ``modeling_lightning_prune.py``.
+Every export carries a manifest (sha256 of each file) and a stored probe, which ``load_compact`` checks (see
+:mod:`lightning_prune.export.integrity`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from pathlib import Path
 import transformers
 from torch import nn
 
-from lightning_prune.errors import ExportDirectoryError
+from lightning_prune.errors import ExportDirectoryError, PruningConfigError
+from lightning_prune.export.integrity import check_probe, verify_files, write_manifest, write_probe
 from lightning_prune.export.per_layer import (
     MODEL_TYPE_PREFIX,
     MODELING_FILENAME,
     per_layer_module,
     render_modeling_source,
 )
-from lightning_prune.export.report import REPORT_FILENAME, ExportReport
+from lightning_prune.export.report import REPORT_ATTRIBUTE, REPORT_FILENAME, ExportReport, count_parameters
 
 
 def export_dir_problem(path: str | Path, overwrite: bool, overwrite_hint: str = "overwrite=True") -> str | None:
@@ -74,19 +77,33 @@ def save_compact(
     tokenizer=None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> Path:
-    """Save a compact model (safetensors + config, plus the modeling file for per-layer shapes).
+    """Save a compact model (safetensors + config, plus the modeling file for per-layer shapes), with the files that
+    let :func:`load_compact` verify it: a stored probe (inputs and the outputs ``model`` computes on them) and a
+    manifest of every file's sha256.
 
     Args:
         model: the compact model (``Pruner.export()``).
         path: the directory to write; it is written next to it and renamed into place when complete.
-        report: the export report, written as ``export_report.json``.
+        report: the export report, written as ``lightning_prune_report.json``; by default the report
+            ``Pruner.export()`` attached to ``model`` (none for a model that did not come from an export).
         overwrite: replace a non-empty ``path``.
-        tokenizer: saved alongside when given.
+        tokenizer: saved alongside when given (not fingerprinted).
         max_shard_size: largest weights file (``"2GB"``, ``"500MB"`` or bytes); a bigger model is written as
             ``model-0000i-of-0000n.safetensors`` with an index, which ``load_compact`` and ``from_pretrained`` read.
+
+    Raises:
+        ExportDirectoryError: ``path`` cannot receive the export.
+        PruningConfigError: ``report`` describes another model (its parameter count differs from ``model``'s).
     """
     path = Path(path)
     check_export_dir(path, overwrite)
+    report = report if report is not None else getattr(model, REPORT_ATTRIBUTE, None)
+    if report is not None and report.params_after != count_parameters(model):
+        raise PruningConfigError(
+            f"The export report describes a model of {report.params_after:,} parameters, but the model to save has "
+            f"{count_parameters(model):,}: it belongs to another export. Pass the report of this model (the one "
+            "`Pruner.export()` attached to it), or none."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
@@ -96,6 +113,8 @@ def save_compact(
             (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX) :]))
         if report is not None:
             report.to_json(tmp / REPORT_FILENAME)
+        write_probe(model, tmp)
+        write_manifest(tmp)  # last: it fingerprints every file above
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if path.exists():
@@ -111,13 +130,27 @@ def save_compact(
     return path
 
 
-def load_compact(path: str | Path, **kwargs) -> nn.Module:
-    """Load a compact model written by :func:`save_compact` (uniform or per-layer).
+def load_compact(path: str | Path, verify: bool = True, **kwargs) -> nn.Module:
+    """Load a compact model written by :func:`save_compact` (uniform or per-layer), verified.
 
     Per-layer exports are built from lightning-prune's own copy of the modeling code; the file in the
-    directory is only for users without lightning-prune (``trust_remote_code=True``).
+    directory is only for users without lightning-prune (``trust_remote_code=True``). The export report, when the
+    directory has one, is attached to the model (``Pruner.save_compact(compact=...)`` writes it again).
+
+    Args:
+        path: a directory written by :func:`save_compact`.
+        verify: check the directory before loading (every file's sha256 against the manifest) and the loaded model
+            after (the stored probe's outputs, within the tolerance of the loaded dtype).
+        kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ...).
+
+    Raises:
+        CorruptExportError: (``verify=True``) no manifest, a file missing, truncated or changed, a weights file the
+            export did not write, or the loaded model does not compute the stored probe's outputs.
+        FileNotFoundError: no ``config.json`` (with ``verify=False``).
     """
     path = Path(path)
+    if verify:
+        verify_files(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a directory written by save_compact?")
@@ -131,4 +164,9 @@ def load_compact(path: str | Path, **kwargs) -> nn.Module:
         cls = getattr(module, architectures[0])
     else:
         cls = getattr(transformers, architectures[0])
-    return cls.from_pretrained(path, **kwargs)
+    model = cls.from_pretrained(path, **kwargs)
+    if verify:
+        check_probe(model, path)
+    if (path / REPORT_FILENAME).is_file():
+        setattr(model, REPORT_ATTRIBUTE, ExportReport.from_json(path / REPORT_FILENAME))
+    return model

@@ -9,6 +9,9 @@ from pathlib import Path
 from torch import nn
 
 REPORT_FILENAME = "lightning_prune_report.json"
+#: Attribute of a compact model that holds its own :class:`ExportReport` (set by ``Pruner.export`` and
+#: ``load_compact``), so that a saved report always describes the model saved with it.
+REPORT_ATTRIBUTE = "lightning_prune_report"
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -57,6 +57,20 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Every module of ``models`` in eval mode, then each given back its own mode (a peft wrapper in training mode
+    around a model in eval mode stays so: ``wrapper.train(True)`` would switch the model's dropout on)."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
@@ -81,15 +95,9 @@ def check_equivalence(
     if limit is not None:
         seq_len = min(seq_len, limit)
     inputs = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
-    modes = (gated.training, compact.training)
-    gated.eval()
-    compact.eval()
-    try:
+    with eval_mode(gated, compact):
         reference = adapter.outputs(gated, inputs).float()
         output = adapter.outputs(compact, inputs).float()
-    finally:
-        gated.train(modes[0])
-        compact.train(modes[1])
     rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
     if reference.shape != output.shape:
         raise ExportMismatchError(
@@ -157,10 +165,7 @@ def check_generation(
         output_logits=True,
         return_dict_in_generate=True,
     )
-    modes = (gated.training, compact.training)
-    gated.eval()
-    compact.eval()
-    try:
+    with eval_mode(gated, compact):
         out = compact.generate(
             input_ids=prompt["input_ids"],
             attention_mask=prompt.get("attention_mask"),
@@ -170,9 +175,6 @@ def check_generation(
         tokens = out.sequences
         reference = gated(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
         reference = reference[:, seq_len - 1 : tokens.shape[1] - 1].float()
-    finally:
-        gated.train(modes[0])
-        compact.train(modes[1])
     rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
     diff = float((reference - cached).abs().max())
     scale = float(reference.abs().max().clamp_min(1e-12))
