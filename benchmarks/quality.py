@@ -246,7 +246,8 @@ def _l0_variant(warmup: float = 0.4, **fields: Any) -> Callable[[float, BenchCon
 
 
 def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
-    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01, init_from_importance=False)
+    """L0 with the library's defaults (importance-initialised gates from the dense phase)."""
+    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01)
 
 
 def _ste_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
@@ -275,6 +276,7 @@ METHODS: dict[str, MethodEntry] = {
     "ste": MethodEntry(_ste_config, _train_with_callback),
     "polarization": MethodEntry(_polarization_config, _train_with_callback),
     # issue #18 levers, one at a time and together (the `l0` row above is the old default, for comparison)
+    "l0+noimp": MethodEntry(_l0_variant(init_from_importance=False), _train_with_callback),  # before issue #18
     "l0+imp": MethodEntry(_l0_variant(init_from_importance=True), _train_with_callback),
     "l0+sched": MethodEntry(_l0_variant(warmup=0.3), _schedule(0.1, 0.5)),
     "l0+imp+sched": MethodEntry(_l0_variant(warmup=0.3, init_from_importance=True), _schedule(0.1, 0.5)),
@@ -527,6 +529,51 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def seeds_table(per_seed: dict[int, list[Row]]) -> str:
+    """Accuracy per row over seeds: mean, half the min–max spread, each seed's value, and the gap to the two-stage
+    baseline at the same target (mean of the per-seed differences: the same batches in both rows)."""
+    seeds = sorted(per_seed)
+    keys = list(dict.fromkeys((r.kind, r.name, r.target) for r in per_seed[seeds[0]]))
+    acc = {
+        key: [next(r.accuracy for r in per_seed[s] if (r.kind, r.name, r.target) == key) for s in seeds] for key in keys
+    }
+    lines = [
+        "| row | target | accuracy mean ± half-range | per seed | vs two-stage (mean of per-seed differences) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, name, target in keys:
+        values = acc[(kind, name, target)]
+        mean, half = sum(values) / len(values), (max(values) - min(values)) / 2
+        base = next((acc[k] for k in keys if k[0] == "two-stage" and k[2] == target), None)
+        gap = (
+            ""
+            if base is None or kind == "two-stage"
+            else f"{sum(v - b for v, b in zip(values, base)) / len(values):+.3f}"
+        )
+        label = "dense fine-tune" if kind == "dense" else f"{name} ({kind})"
+        lines.append(
+            f"| {label} | {target:.0%} | {mean:.3f} ± {half:.3f} | {', '.join(f'{v:.3f}' for v in values)} | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+def _run_seeds(model_fn, task: Task, cfg: BenchConfig, seeds: list[int], output: Path) -> list[Row]:
+    per_seed: dict[int, list[Row]] = {}
+    for seed in seeds:
+        cfg.seed = seed
+        print(f"seed {seed}")
+        per_seed[seed] = run(model_fn, task, cfg)
+        for row in per_seed[seed]:
+            row.model = None  # keep memory flat across seeds
+    output.mkdir(parents=True, exist_ok=True)
+    md = seeds_table(per_seed)
+    (output / "quality_seeds.md").write_text(md + "\n")
+    record = {"config": asdict(cfg), "seeds": {s: [r.record(rows[0]) for r in rows] for s, rows in per_seed.items()}}
+    (output / "quality_seeds.json").write_text(json.dumps(record, indent=2))
+    print(md)
+    return [r for rows in per_seed.values() for r in rows]
+
+
 # -- the real task --------------------------------------------------------------------------------------------
 def minilm_task(
     cfg: BenchConfig, n_train_per_class: int, n_test_per_class: int
@@ -567,6 +614,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="our rows (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run every row per seed; mean ± spread")
     parser.add_argument(
         "--baselines", nargs="*", choices=sorted(BASELINES), default=None, help="baseline rows (default: all)"
     )
@@ -600,6 +648,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         if name.split("+")[0] in {n.split("+")[0] for n in METHODS}:
             continue
         print(f"  method {name!r} skipped: {why}")
+    if args.seeds and len(args.seeds) > 1:
+        return _run_seeds(model_fn, task, cfg, args.seeds, args.output)
+    if args.seeds:
+        cfg.seed = args.seeds[0]
     rows = run(model_fn, task, cfg)
     args.output.mkdir(parents=True, exist_ok=True)
     dense = rows[0]

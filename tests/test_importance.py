@@ -279,4 +279,4 @@ def test_recipe_derives_config_and_schedule_from_max_steps():
     assert callback.dense_steps == max(1, int(100 * schedule.dense)) and callback.config.target_sparsity == 0.3
     assert recipes.l0(0.5, 300, gate_lr=0.7)[0].gate_lr == 0.7  # explicit fields win
     with pytest.raises(PruningConfigError, match="max_steps"):
-        recipes.l0(0.5, 5)
+        recipes.l0(0.5, 3)

@@ -127,3 +127,16 @@ def test_docstring_task_is_balanced_held_out_and_has_no_giveaways():
     assert not any(quality_data._GIVEAWAY.search(e.text) for e in train + test)  # no library named
     assert quality_data._first_sentence("Uses numpy to sum. More.") is None
     assert quality_data._first_sentence("Return the sum of the array.\n\nMore text.") == "Return the sum of the array."
+
+
+def test_seeds_table_reports_mean_spread_and_gap_to_two_stage():
+    def row(kind, name, target, acc):
+        return quality.Row(kind, name, target, acc, 1, 0.0, 0.0, 0.0)
+
+    per_seed = {
+        s: [row("dense", "dense", 0.0, 0.5), row("ours", "l0", 0.5, 0.45 + s / 50), row("two-stage", "tp", 0.5, 0.47)]
+        for s in (0, 1, 2)
+    }
+    lines = quality.seeds_table(per_seed).splitlines()
+    assert len(lines) == 5
+    assert "| l0 (ours) | 50% | 0.470 ± 0.020 | 0.450, 0.470, 0.490 | +0.000 |" in lines

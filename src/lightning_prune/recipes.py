@@ -71,11 +71,11 @@ def l0(
         arguments of :class:`~lightning_prune.PruningCallback` and of the HF Trainer integration.
 
     Raises:
-        PruningConfigError: ``max_steps`` is too small for three phases (under 10 steps).
+        PruningConfigError: ``max_steps`` is too small for three phases (under 4 steps).
     """
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 10:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 4:
         raise PruningConfigError(
-            f"`max_steps` must be an int >= 10 (dense warm-up, pruning and frozen fine-tuning each need steps), got "
+            f"`max_steps` must be an int >= 4 (dense warm-up, pruning and frozen fine-tuning each need steps), got "
             f"{max_steps!r}."
         )
     dense = max(1, int(max_steps * schedule.dense))
