@@ -42,7 +42,7 @@ def plan(python: str = sys.executable) -> list[Step]:
             "cuda_check",
             "every method x {bf16, fp32} trains on CUDA and exports through the check",
             script("cuda_check.py"),
-            120,
+            100,
         ),
         Step(
             "overhead_1b",
@@ -60,7 +60,14 @@ def plan(python: str = sys.executable) -> list[Step]:
             "llm_quality_quick",
             "SmolLM2 fine-tune-and-prune vs LLM-Pruner-style baselines, quick mode",
             script("llm_quality.py", "--quick", "--output", "outputs/gpu_suite/llm_quality"),
-            180,
+            150,
+        ),
+        Step(
+            "fsdp",
+            "FSDP2 on 2 GPUs (NCCL, bf16): identical gates on every rank, masks applied, rank-0 export checked",
+            script("fsdp_check.py", "--device", "cuda"),
+            60,
+            needs_gpus=2,
         ),
     ]
 
