@@ -50,7 +50,14 @@ def block_structures(layers: int, head_units: int, ffn: int, hidden: int) -> dic
 
 
 def base_layer(module: nn.Module) -> nn.Module:
-    """The wrapped layer of a peft tuner layer (``lora.Linear``), or the module itself."""
+    """The layer the forward runs: the wrapped layer of a peft tuner layer (``lora.Linear``), the active trained
+    copy of a ``modules_to_save`` wrapper (what the export writes, see ``peft_tuners.plain_key``), or the module."""
+    copies = getattr(module, "modules_to_save", None)
+    if isinstance(copies, nn.ModuleDict):
+        active = getattr(module, "active_adapter", None)
+        active = active[0] if isinstance(active, (list, tuple)) and active else active
+        if isinstance(active, str) and active in copies:
+            return base_layer(copies[active])
     getter = getattr(module, "get_base_layer", None)
     return getter() if callable(getter) else module
 
