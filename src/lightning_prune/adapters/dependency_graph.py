@@ -15,7 +15,9 @@ model is what the cost model says: no padding units exist.
 
 Masks act once per group output: on every module of the group that produces the group's channels (convs,
 linears, batch norms), except a producer whose output only feeds a norm of the same group (the norm's output is
-masked instead), so every producer of a residual-coupled group carries the *same* mask.
+masked instead), so every producer of a residual-coupled group carries the *same* mask. Where the model modifies a
+masked output in place (``nn.ReLU(inplace=True)`` after a BatchNorm, ``out += identity``; found at attach from the
+tensors' version counters) the mask op saves its input instead of its result (:mod:`lightning_prune.ops`).
 
 Kept dense (never gated): the model's output channels (no layer reads them), and groups that touch a grouped
 (not depthwise) conv, a LayerNorm over the channels (removing one changes the others' normalisation) or any
