@@ -51,3 +51,34 @@ def test_mask_mul_saves_only_its_output():
     y = mask_mul(x, m)
     saved = y.grad_fn.saved_tensors
     assert len(saved) == 2 and saved[0].data_ptr() == y.data_ptr() and saved[1].numel() == m.numel()
+
+
+INPLACE = {
+    "relu_": torch.relu_,
+    "relu6": lambda y: torch.nn.functional.relu6(y, inplace=True),
+    "hardswish": lambda y: torch.nn.functional.hardswish(y, inplace=True),
+    "add_": lambda y: y.add_(1.5),
+}
+
+
+@pytest.mark.parametrize("op", list(INPLACE))
+def test_mask_mul_keeping_its_input_survives_in_place_ops_on_its_output(op):
+    """``keep_input=True`` (a site whose output is overwritten, e.g. by ``nn.ReLU(inplace=True)``): the gradients
+    are the plain product's, exactly, also at ``m = 0``; the lean op raises an error that names the cause."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) * 4
+    m = torch.rand(4, 1, generator=gen, dtype=torch.float64)
+    m[1] = 0.0
+    grad = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+
+    xa, ma = x.clone().requires_grad_(), m.clone().requires_grad_()
+    y = mask_mul(xa, ma, keep_input=True)
+    assert y.grad_fn.saved_tensors[0].data_ptr() == xa.data_ptr()  # the input, not the output
+    (INPLACE[op](y) * grad).sum().backward()
+    xb, mb = x.clone().requires_grad_(), m.clone().requires_grad_()
+    (INPLACE[op](xb * mb) * grad).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad) and torch.allclose(ma.grad, mb.grad, rtol=1e-10, atol=1e-12)
+
+    lean = mask_mul(x.clone().requires_grad_(), m.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match=r"modified in place after its mask.*overwritten=True"):
+        (INPLACE[op](lean) * grad).sum().backward()

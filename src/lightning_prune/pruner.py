@@ -64,6 +64,12 @@ class PruningState(nn.Module):
     It is attached to the user's model as a child module (``model.pruning_gates``) so that DDP/FSDP
     all-reduce the gate gradients, and a Lightning checkpoint carries it in the model's state dict.
     Its floating-point tensors stay in fp32 whatever ``model.to(dtype)`` or a precision plugin does.
+
+    A model that runs its own children in order (an ``nn.Sequential``, an ``nn.ModuleList`` / ``nn.ModuleDict``
+    subclass iterating itself, ``for m in self.children()``) also calls this module: its forward is the identity,
+    so such a model computes what it computed before attach. Being a registered child is what keeps the gates in
+    ``parameters()`` (DDP, optimizers), ``state_dict()`` (checkpoints) and ``.to()``; the price is that an attached
+    ``nn.Sequential`` counts it in ``len(model)`` and ``model[-1]`` (``detach()`` removes it).
     """
 
     def __init__(self, gates: dict[str, Gate], regularizer: nn.Module) -> None:
@@ -71,6 +77,10 @@ class PruningState(nn.Module):
         self.gates = nn.ModuleDict(gates)
         self.regularizer = regularizer
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, *inputs: Any) -> Any:
+        """The identity (one input is returned as is, several as a tuple): see the class docstring."""
+        return inputs[0] if len(inputs) == 1 else inputs
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         """Every conversion keeps the values: fp32 whatever the dtype asked for, and ``model.to_empty(device=...)``
@@ -299,11 +309,14 @@ class Pruner:
             return None
         return self._masks.get(structure)
 
-    def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def multiply(self, x: torch.Tensor, mask: torch.Tensor, overwritten: bool = False) -> torch.Tensor:
         """``x * mask`` for the hooks: the memory-lean :func:`~lightning_prune.ops.mask_mul` when every gate
-        kind has an exactly-zero gradient at mask 0, the plain product otherwise."""
+        kind has an exactly-zero gradient at mask 0, the plain product otherwise.
+
+        ``overwritten=True`` says the result is modified in place afterwards (``nn.ReLU(inplace=True)``,
+        ``out += identity``): the op then saves ``x`` instead of its result (the plain product always does)."""
         if self._lean or self.phase == "dense":  # dense: all-ones probe masks, where mask_mul is exact
-            return mask_mul(x, mask)
+            return mask_mul(x, mask, keep_input=overwritten)
         return x * mask.to(dtype=x.dtype, device=x.device)
 
     def derive(self, key: str, compute) -> None:

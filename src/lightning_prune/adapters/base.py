@@ -33,8 +33,9 @@ class MaskSource(Protocol):
     def cached(self, key: str, compute=None) -> Any:
         """The value registered under ``key`` with :meth:`derive` for the current forward pass."""
 
-    def multiply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x * mask`` (broadcast), through the memory-lean op when the gate kinds allow it."""
+    def multiply(self, x: torch.Tensor, mask: torch.Tensor, overwritten: bool = False) -> torch.Tensor:
+        """``x * mask`` (broadcast), through the memory-lean op when the gate kinds allow it; ``overwritten=True``
+        where the model modifies the result in place afterwards (e.g. ``nn.ReLU(inplace=True)``)."""
 
 
 def block_structures(layers: int, head_units: int, ffn: int, hidden: int) -> dict[str, StructureSpec]:

@@ -15,7 +15,9 @@ model is what the cost model says: no padding units exist.
 
 Masks act once per group output: on every module of the group that produces the group's channels (convs,
 linears, batch norms), except a producer whose output only feeds a norm of the same group (the norm's output is
-masked instead), so every producer of a residual-coupled group carries the *same* mask.
+masked instead), so every producer of a residual-coupled group carries the *same* mask. Where the model modifies a
+masked output in place (``nn.ReLU(inplace=True)`` after a BatchNorm, ``out += identity``; found at attach from the
+tensors' version counters) the mask op saves its input instead of its result (:mod:`lightning_prune.ops`).
 
 Kept dense (never gated): the model's output channels (no layer reads them), and groups that touch a grouped
 (not depthwise) conv, a LayerNorm over the channels (removing one changes the others' normalisation) or any
@@ -155,6 +157,8 @@ class DependencyGraphAdapter(ModelAdapter):
             total += g["width"]
         self.units = total
         self._spatial = self._output_sizes()
+        #: Mask points whose output the model modifies in place (their masks save the input, not the result).
+        self.overwritten = self._overwritten_outputs(set(self.mask_points()))
 
     # -- ModelAdapter ---------------------------------------------------------------------------------
     @classmethod
@@ -200,6 +204,41 @@ class DependencyGraphAdapter(ModelAdapter):
             for h in handles:
                 h.remove()
         return sizes
+
+    @torch.no_grad()
+    def _overwritten_outputs(self, names: set[str]) -> set[str]:
+        """The modules of ``names`` whose output the model modifies in place afterwards (``nn.ReLU(inplace=True)``
+        after a BatchNorm, ``out += identity``): a mask there must not save its result for backward (see
+        :mod:`lightning_prune.ops`). Read from the outputs' version counters over an eval and a training forward
+        (in-place dropout acts in training only); norms run in eval mode, and every buffer, module mode and the RNG
+        are restored, so the model is left as it was."""
+        modules = dict(self.model.named_modules())
+        seen: list[tuple[str, torch.Tensor, int]] = []
+
+        def hook(module, args, output, name):
+            if torch.is_tensor(output):
+                seen.append((name, output, output._version))
+
+        handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in sorted(names)]
+        modes = {m: m.training for m in self.model.modules()}
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        cuda = sorted({t.device.index or 0 for t in self.inputs if t.device.type == "cuda"})
+        try:
+            for training in (False, True):
+                self.model.train(training)
+                for module in self.model.modules():
+                    if isinstance(module, _NORMS):
+                        module.eval()  # no running-statistics update, and batch-size-1 inputs still run
+                with torch.random.fork_rng(devices=cuda):
+                    self.model(*self.inputs)
+        finally:
+            for h in handles:
+                h.remove()
+            for module, mode in modes.items():
+                module.training = mode
+            for b, saved in buffers:
+                b.copy_(saved)
+        return {name for name, output, version in seen if output._version != version}
 
     def cost_terms(self, flops_seq_len: int) -> list[CostTerm]:
         outs, ins = self._units("outs"), self._units("ins")
@@ -334,14 +373,14 @@ class DependencyGraphAdapter(ModelAdapter):
             dim = _channel_dim(module)
             gather = torch.where(index < 0, torch.full_like(index, self.units), index)
 
-            def hook(mod, args, output, gather=gather, dim=dim):
+            def hook(mod, args, output, gather=gather, dim=dim, overwritten=name in self.overwritten):
                 m = source.mask(STRUCTURE)
                 if m is None:
                     return None
                 values = torch.cat([m[0], m.new_ones(1)])[gather.to(m.device)]
                 shape = [1] * output.dim()
                 shape[dim] = -1
-                return source.multiply(output, values.view(shape))
+                return source.multiply(output, values.view(shape), overwritten=overwritten)
 
             hooks.append((name, module, module.register_forward_hook(hook)))
         return hooks
