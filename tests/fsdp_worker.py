@@ -152,6 +152,11 @@ def lightning_main(out: Path) -> None:
     first = sorted((out / "ckpt").iterdir())[0]
     trainer, callback = fit(ckpt_path=first)
     torch.save(gates(callback.pruner), out / f"lightning_resumed_rank{trainer.global_rank}.pt")
+    # Lightning leaves its process group up; tear it down together, or gloo's threads can still be running a
+    # collective when the interpreter exits ("terminate called without an active exception", exit -6).
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _worker(rank: int, mode: str, out: str, port: int) -> None:
