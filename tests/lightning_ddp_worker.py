@@ -50,6 +50,11 @@ def main(out: Path) -> None:
     rank = trainer.global_rank
     torch.save({k: v.clone() for k, v in callback.pruner.state.state_dict().items()}, out / f"gates_rank{rank}.pt")
     (out / f"exports_rank{rank}.json").write_text(json.dumps({"save_compact_calls": len(calls)}))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # tear the process group down together (see tests/fsdp_worker.py)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
