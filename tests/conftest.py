@@ -12,6 +12,17 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 torch.set_num_threads(1)  # tiny models: more threads only add contention
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one intra-op thread (a test that changes it cannot slow the next): tiny models on a
+    shared 2-core machine run 20-100x slower with two threads (OpenMP spinning)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 

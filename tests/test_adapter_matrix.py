@@ -36,14 +36,6 @@ ROWS += [(family, ("channels",), False) for family in PLAIN]
 ROW_IDS = [f"{f}-{'+'.join(s)}-{'lora' if lora else 'plain'}" for f, s, lora in ROWS]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads only add spinning on a shared CPU
-    yield
-    torch.set_num_threads(previous)
-
-
 def _attach(family: str, structures: tuple[str, ...], lora: bool) -> lp.Pruner:
     config = lp.L0Config(structures=structures, target_sparsity=0.1)
     if family in PLAIN:

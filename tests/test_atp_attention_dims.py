@@ -26,14 +26,6 @@ D, HD, NH, NKV, L, SEQ = 64, 16, 8, 4, 2, 512  # SEQ: the default flops_seq_len
 DIMS = ("qk_dims", "v_dims")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second intra-op thread only adds contention on a shared CPU
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(family: str, seed: int = 0) -> nn.Module:
     model = tiny_causal_lm(family, seed=seed)
     gen = torch.Generator().manual_seed(seed + 100)

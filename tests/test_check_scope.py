@@ -37,14 +37,6 @@ AUTO = {
 STRUCTURES = {"heads": ("heads",), "ffn": ("ffn",), "hidden": ("hidden",), "blocks": ("attn_block", "mlp_block")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _llama_family(family: str, kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     config = tiny_config(family, num_labels=3, pad_token_id=0)

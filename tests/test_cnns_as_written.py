@@ -28,14 +28,6 @@ from lightning_prune.export.report import count_parameters
 from lightning_prune.pruner import STATE_ATTRIBUTE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _images(size: int):
     return lambda batch, seed: torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

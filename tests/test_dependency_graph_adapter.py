@@ -16,15 +16,6 @@ from lightning_prune.export.history import load_pruned, save_pruned
 from lightning_prune.export.report import count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs on an oversubscribed CPU run ~100x slower with 2 intra-op threads (OpenMP spinning)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _plant(pristine: torch.nn.Module, pruner, truth: torch.Tensor) -> torch.nn.Module:
     """Teacher: the model as attached with the planted-pruned channels silenced at every mask point (the student
     keeps them), so matching the teacher requires closing exactly those channels."""

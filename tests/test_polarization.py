@@ -40,15 +40,6 @@ def _planted_pair(amplify: float = 8.0):
     return teacher, student, truth
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train fastest on one thread (two threads on a shared, busy machine are ~20x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_polarization_is_bimodal_and_valley_recovers_planted_units(one_thread):
     torch.manual_seed(0)
     teacher, student, truth = _planted_pair()

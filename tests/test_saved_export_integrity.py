@@ -27,14 +27,6 @@ HINT = r"Re-export the model \(Pruner\.save_compact\), or pass verify=False to l
 IDS = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _export(uniform: bool, seed: int = 0) -> tuple[lp.Pruner, torch.nn.Module]:
     pruner = lp.attach(
         tiny_causal_lm("llama"), lp.L0Config(structures=("heads", "ffn"), target_sparsity=0.1, uniform=uniform)

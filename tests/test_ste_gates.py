@@ -12,14 +12,6 @@ from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.ste import STEGate, identity_ste
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_identity_ste_is_binary_forward_and_identity_backward():
     scores = torch.tensor([[-0.7, -1e-8, 0.0, 1e-8, 0.3]], requires_grad=True)
     mask = identity_ste(scores)
