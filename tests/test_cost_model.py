@@ -28,10 +28,24 @@ CASES = [(n, s) for n in ("llama", "qwen2", "gpt2", "bert") for s in (ALL, ("ffn
 CASES += [("llama", HEAD_DIMS), ("qwen3", HEAD_DIMS)]
 
 
+CASES += [("resnet_cnn", ("channels",)), ("mobilenet_cnn", ("channels",))]  # subset dims of the traced row
+
+
+def _attach(name: str, structures):
+    config = lp.L0Config(target_sparsity=0.0, structures=structures)
+    if name.endswith("_cnn"):  # traced: every conv/BN/linear over subsets of the one `channels` row
+        from torchvision_style_models import MobileNetV2Small, ResNetSmall
+
+        torch.manual_seed(0)
+        model = (ResNetSmall if name == "resnet_cnn" else MobileNetV2Small)().eval()
+        return lp.attach(model, config, example_inputs=torch.randn(2, 3, 16, 16))
+    model = tiny_causal_lm("qwen3") if name == "qwen3" else _models()[name]
+    return lp.attach(model, config)
+
+
 @pytest.mark.parametrize("name,structures", CASES, ids=[f"{n}-{'+'.join(s)}" for n, s in CASES])
 def test_vectorised_sum_equals_the_per_term_definition(name, structures):
-    model = tiny_causal_lm("qwen3") if name == "qwen3" else _models()[name]
-    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=structures))
+    pruner = _attach(name, structures)
     gen = torch.Generator().manual_seed(0)
     for binary in (True, False):
         values = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +32,9 @@ class Dim:
         scaled_by: ``(structure, row, units)`` of further structures that each keep a fraction of this dimension
             (the product of two per-layer structures, e.g. query rows = kept KV groups × ``n_rep`` × kept head
             dims): the kept size is multiplied by ``Σ row / units`` for every such structure that is gated.
+        units: only these units of the row control the dimension (``None``: the whole row). A traced CNN has one
+            row of every gated channel; a conv's output channels are a subset of it, so one term per weight (not
+            one per channel pair) describes the conv.
     """
 
     size: int
@@ -38,10 +42,13 @@ class Dim:
     row: int = 0
     unit_size: int = 1
     scaled_by: tuple[tuple[str, int, int], ...] = ()
+    units: tuple[int, ...] | None = None
 
     def kept(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
         if self.structure is None or self.structure not in values:
             kept: torch.Tensor | float = float(self.size)
+        elif self.units is not None:
+            kept = values[self.structure][self.row][list(self.units)].sum() * self.unit_size
         else:
             kept = values[self.structure][self.row].sum() * self.unit_size
         for structure, row, units in self.scaled_by:
@@ -107,7 +114,7 @@ class CostModel:
         if not terms:
             raise ValueError("A cost model needs at least one term.")
         self.terms = terms
-        self._layouts: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._layouts: dict[tuple, dict[str, Any]] = {}
         dense_p, dense_f = self._sum({}, prunable_only=True)
         self.dense_prunable_params = float(dense_p)
         self.dense_prunable_flops = float(dense_f)
@@ -115,7 +122,7 @@ class CostModel:
         self.dense_params = float(total_p)
         self.dense_flops = float(total_f)
 
-    def _layout(self, shapes: tuple[tuple[str, tuple[int, ...]], ...], device: torch.device) -> dict[str, torch.Tensor]:
+    def _layout(self, shapes: tuple[tuple[str, tuple[int, ...]], ...], device: torch.device) -> dict[str, Any]:
         """Index tensors that evaluate every term at once for values of the given structures and shapes.
 
         Per-row sums of all structures are concatenated into one vector ``S`` (``S[0] = 1``) and all values
@@ -134,10 +141,23 @@ class CostModel:
             rows_seen += rows
             flat_seen += int(torch.Size(shape).numel())
 
+        # a dim over a subset of a row's units reads S at rows_seen + its subset's index (subset sums follow the rows)
+        subset_ids: dict[tuple, int] = {}
+        subset_value_index: list[int] = []
+        subset_of_value: list[int] = []
+
         def dim_index(dim: Dim) -> tuple[int, float]:
             if dim.structure is None or dim.structure not in row_offset:
                 return 0, float(dim.size)
-            return row_offset[dim.structure] + dim.row, float(dim.unit_size)
+            if dim.units is None:
+                return row_offset[dim.structure] + dim.row, float(dim.unit_size)
+            key = (dim.structure, dim.row, dim.units)
+            if key not in subset_ids:
+                subset_ids[key] = len(subset_ids)
+                base = flat_offset[dim.structure] + dim.row * units[dim.structure]
+                subset_value_index.extend(base + u for u in dim.units)
+                subset_of_value.extend([subset_ids[key]] * len(dim.units))
+            return rows_seen + subset_ids[key], float(dim.unit_size)
 
         def extra(dim: Dim, width: int) -> tuple[list[int], float]:
             gated = [(st, row, n) for st, row, n in dim.scaled_by if st in row_offset]
@@ -184,6 +204,9 @@ class CostModel:
             "params": tensor([float(t.params) for t in self.terms]),
             "flops": tensor([t.flops_per_param for t in self.terms]),
             "prunable": tensor([t.prunable for t in self.terms], torch.bool),
+            "subset_value_index": tensor(subset_value_index, torch.long),
+            "subset_of_value": tensor(subset_of_value, torch.long),
+            "subsets": len(subset_ids),
         }
         self._layouts[key] = layout
         return layout
@@ -199,6 +222,11 @@ class CostModel:
         flat = [values[n].double() for n in names]
         row_sums = torch.cat([one] + [v.sum(-1).reshape(-1) for v in flat])
         all_values = torch.cat([one] + [v.reshape(-1) for v in flat])
+        if layout["subsets"]:
+            subset_sums = torch.zeros(layout["subsets"], dtype=torch.float64, device=device).index_add(
+                0, layout["subset_of_value"], all_values[layout["subset_value_index"]]
+            )
+            row_sums = torch.cat([row_sums, subset_sums])
         out = row_sums[layout["out_index"]] * layout["out_scale"]
         out = out * row_sums[layout["out_extra_index"]].prod(-1) / layout["out_extra_div"]
         inp = row_sums[layout["in_index"]] * layout["in_scale"]

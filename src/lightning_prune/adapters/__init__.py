@@ -30,7 +30,8 @@ REGISTER_HINT = (
     "To support it, subclass lightning_prune.adapters.ModelAdapter (see lightning_prune/adapters/llama.py "
     "for a complete example, docs/adapters.md for a walk-through) and decorate it with "
     "@lightning_prune.register_adapter('<name>'). For a plain CNN/MLP, pass example inputs to trace its channels "
-    "with torch-pruning: attach(model, config, example_inputs=torch.randn(1, 3, 32, 32))."
+    "with torch-pruning: attach(model, config, example_inputs=torch.randn(1, 3, 32, 32)), or "
+    "PruningCallback(config, example_inputs=...) in Lightning."
 )
 
 

@@ -39,6 +39,9 @@ from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import PruningConfigError, UnsupportedModelError
 from lightning_prune.structures import StructureSpec
 
+#: Attribute of a compact traced model holding its pruning history (read by ``lightning_prune.export.history``).
+HISTORY_ATTRIBUTE = "lightning_prune_history"
+
 STRUCTURE = "channels"
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -254,10 +257,9 @@ class DependencyGraphAdapter(ModelAdapter):
                 terms += self._weighted_terms(name, module, out_map, in_map)
             elif isinstance(module, _NORMS) and out_map:
                 per_channel = sum(1 for _ in params)  # weight and bias: one value per channel each
-                for local in range(module.weight.shape[0] if module.weight is not None else 0):
-                    unit = out_map.get(local)
-                    scalars = ((STRUCTURE, 0, unit),) if unit is not None else ()
-                    terms.append(CostTerm(f"{name}[{local}]", Dim(per_channel), scalars=scalars))
+                channels = module.weight.shape[0] if module.weight is not None else 0
+                gated, fixed = _split(out_map, channels)
+                terms += _subset_terms(name, gated, fixed, Dim(per_channel), prunable=False)  # norms: not prunable
             else:
                 for pn, p in params:
                     terms.append(CostTerm(f"{name}.{pn}", Dim(p.numel())))
@@ -266,48 +268,34 @@ class DependencyGraphAdapter(ModelAdapter):
     def _weighted_terms(
         self, name: str, module: nn.Module, out_map: dict[int, int], in_map: dict[int, int]
     ) -> list[CostTerm]:
-        """Per (output channel, input channel) slices of a conv/linear weight, plus its bias per output channel."""
+        """A conv/linear weight as at most four terms (gated or fixed output channels × gated or fixed input
+        channels, each a subset of the one ``channels`` row), plus its bias: the term count does not grow with the
+        channel count (one term per channel pair made attaching ResNet-50 take minutes)."""
         weight = module.weight
         n_out, n_in_per_group = weight.shape[0], weight.shape[1]
         kernel = weight[0, 0].numel()
         flops = 2.0 * self._spatial.get(name, 1)
         depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-        terms: list[CostTerm] = []
-        for o in range(n_out):
-            uo = out_map.get(o)
-            if uo is None and depthwise:
-                uo = in_map.get(o)
-            so = ((STRUCTURE, 0, uo),) if uo is not None else ()
-            if depthwise:
-                terms.append(
-                    CostTerm(
-                        f"{name}[{o}]", Dim(n_in_per_group * kernel), scalars=so, prunable=True, flops_per_param=flops
-                    )
-                )
-            else:
-                fixed_in = n_in_per_group - sum(1 for i in range(n_in_per_group) if i in in_map)
-                if fixed_in:
-                    terms.append(
-                        CostTerm(
-                            f"{name}[{o},fixed]",
-                            Dim(fixed_in * kernel),
-                            scalars=so,
-                            prunable=True,
-                            flops_per_param=flops,
-                        )
-                    )
-                for i, ui in in_map.items():
-                    terms.append(
-                        CostTerm(
-                            f"{name}[{o},{i}]",
-                            Dim(kernel),
-                            scalars=so + ((STRUCTURE, 0, ui),),
-                            prunable=True,
-                            flops_per_param=flops,
-                        )
-                    )
-            if module.bias is not None:
-                terms.append(CostTerm(f"{name}.bias[{o}]", Dim(1), scalars=so, prunable=True))
+        if depthwise:  # one filter per channel: the output channel's unit (or the input's, which it follows)
+            merged = {o: out_map[o] if o in out_map else in_map[o] for o in range(n_out) if o in out_map or o in in_map}
+            outs, fixed_out = _split(merged, n_out)
+            terms = _subset_terms(name, outs, fixed_out, Dim(n_in_per_group * kernel), flops)
+        else:
+            outs, fixed_out = _split(out_map, n_out)
+            ins, fixed_in = _split(in_map, n_in_per_group)
+            out_dims = ([Dim(len(outs), STRUCTURE, 0, units=outs)] if outs else []) + (
+                [Dim(fixed_out)] if fixed_out else []
+            )
+            in_dims = ([Dim(len(ins) * kernel, STRUCTURE, 0, kernel, units=ins)] if ins else []) + (
+                [Dim(fixed_in * kernel)] if fixed_in else []
+            )
+            terms = [
+                CostTerm(f"{name}.weight[{a},{b}]", o, i, prunable=True, flops_per_param=flops)
+                for a, o in enumerate(out_dims)
+                for b, i in enumerate(in_dims)
+            ]
+        if module.bias is not None:
+            terms += _subset_terms(f"{name}.bias", outs, fixed_out, Dim(1))
         return terms
 
     def mask_points(self) -> dict[str, torch.Tensor]:
@@ -388,7 +376,6 @@ class DependencyGraphAdapter(ModelAdapter):
     def build_compact(
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
-        from lightning_prune.export.history import prune_by_groups
         from lightning_prune.export.merge import owned_state
 
         compact = copy.deepcopy(self.template)
@@ -425,6 +412,49 @@ class DependencyGraphAdapter(ModelAdapter):
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(*inputs.values())
         return out if torch.is_tensor(out) else out[0]
+
+
+def prune_by_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], pruned: dict[str, list[int]]) -> None:
+    """Remove channels in place: for each group root module name, its output channels ``pruned`` (torch-pruning
+    removes the coupled channels of every layer of the group). The history is stored on ``model``."""
+    graph = build_graph(model, example_inputs)
+    modules = dict(model.named_modules())
+    for root, idxs in pruned.items():
+        if not idxs:
+            continue
+        module = modules[root]
+        group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, list(idxs))
+        group.prune()
+    history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
+    # the record `save_pruned` writes and `load_pruned` replays (lightning_prune.export.history)
+    setattr(
+        model,
+        HISTORY_ATTRIBUTE,
+        {
+            "history": history,
+            "inputs": [list(t.shape) for t in example_inputs],
+            "dtypes": [str(t.dtype) for t in example_inputs],
+        },
+    )
+
+
+def _split(channel_map: dict[int, int], channels: int) -> tuple[tuple[int, ...], int]:
+    """The units of the gated channels (in channel order) and the number of channels no gate controls."""
+    gated = tuple(channel_map[c] for c in range(channels) if c in channel_map)
+    return gated, channels - len(gated)
+
+
+def _subset_terms(
+    name: str, gated: tuple[int, ...], fixed: int, inp: Dim, flops: float = 0.0, prunable: bool = True
+) -> list[CostTerm]:
+    """``(gated channels + fixed channels) × inp`` as one term per non-empty part."""
+    terms = []
+    if gated:
+        out = Dim(len(gated), STRUCTURE, 0, units=gated)
+        terms.append(CostTerm(f"{name}[gated]", out, inp, prunable=prunable, flops_per_param=flops))
+    if fixed:
+        terms.append(CostTerm(f"{name}[fixed]", Dim(fixed), inp, prunable=prunable, flops_per_param=flops))
+    return terms
 
 
 def _fold(module: nn.Module, values: torch.Tensor) -> None:

@@ -24,36 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lightning_prune.adapters.dependency_graph import HISTORY_ATTRIBUTE, _as_tuple
 from lightning_prune.errors import ExportMismatchError
 
-HISTORY_ATTRIBUTE = "lightning_prune_history"
+__all__ = ["HISTORY_ATTRIBUTE", "HISTORY_FILENAME", "WEIGHTS_FILENAME", "load_pruned", "save_pruned"]
 HISTORY_FILENAME = "pruning_history.json"
 WEIGHTS_FILENAME = "model.safetensors"
-
-
-def prune_by_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], pruned: dict[str, list[int]]) -> None:
-    """Remove channels in place: for each group root module name, its output channels ``pruned`` (torch-pruning
-    removes the coupled channels of every layer of the group). The history is stored on ``model``."""
-    from lightning_prune.adapters.dependency_graph import build_graph
-
-    graph = build_graph(model, example_inputs)
-    modules = dict(model.named_modules())
-    for root, idxs in pruned.items():
-        if not idxs:
-            continue
-        module = modules[root]
-        group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, list(idxs))
-        group.prune()
-    history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
-    setattr(
-        model,
-        HISTORY_ATTRIBUTE,
-        {
-            "history": history,
-            "inputs": [list(t.shape) for t in example_inputs],
-            "dtypes": [str(t.dtype) for t in example_inputs],
-        },
-    )
 
 
 def save_pruned(model: nn.Module, path: str | Path) -> Path:
@@ -89,8 +65,6 @@ def load_pruned(path: str | Path, model_factory: Callable[[], nn.Module], exampl
         ExportMismatchError: the factory's model does not match the saved shapes after the replay.
     """
     import torch_pruning as tp
-
-    from lightning_prune.adapters.dependency_graph import _as_tuple
 
     path = Path(path)
     for name in (HISTORY_FILENAME, WEIGHTS_FILENAME):

@@ -58,19 +58,46 @@ def _vocab_size(model: nn.Module) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+#: Probe keys of traced (plain PyTorch) models: positional inputs ``input_0``, ``input_1``, ...
+POSITIONAL_PREFIX = "input_"
+
+
 @torch.no_grad()
 def _run(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     training = model.training
     model.eval()
     try:
-        return output_tensor(model(**{k: v.to(device) for k, v in inputs.items()})).float().cpu()
+        moved = {k: v.to(device) for k, v in inputs.items()}
+        if moved and all(k.startswith(POSITIONAL_PREFIX) for k in moved):  # a traced CNN/MLP: positional inputs
+            return output_tensor(model(*(moved[f"{POSITIONAL_PREFIX}{i}"] for i in range(len(moved))))).float().cpu()
+        return output_tensor(model(**moved)).float().cpu()
     finally:
         model.train(training)
 
 
+def _traced_probe_inputs(record: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Inputs of the shapes and dtypes the model was traced with (batch 1): normal floats, small integers."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, (shape, dtype_name) in enumerate(zip(record["inputs"], record["dtypes"])):
+        dtype = getattr(torch, dtype_name.split(".")[-1])
+        shape = [1, *shape[1:]] if shape else shape
+        if dtype.is_floating_point:
+            out[f"{POSITIONAL_PREFIX}{i}"] = torch.randn(shape, generator=generator).to(dtype)
+        else:
+            out[f"{POSITIONAL_PREFIX}{i}"] = torch.randint(0, 2, shape, generator=generator).to(dtype)
+    return out
+
+
 def probe_inputs(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor] | None:
-    """The probe's token ids and attention mask for ``model`` (``None`` when its config has no ``vocab_size``)."""
+    """The probe's inputs for ``model``: token ids and attention mask for a transformer, inputs of the traced shapes
+    for a plain PyTorch model exported by the dependency_graph adapter (``None`` when neither applies)."""
+    from lightning_prune.export.history import HISTORY_ATTRIBUTE
+
+    record = getattr(model, HISTORY_ATTRIBUTE, None)
+    if record is not None:
+        return _traced_probe_inputs(record, seed)
     vocab = _vocab_size(model)
     if vocab is None:
         return None

@@ -13,12 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import transformers
 from torch import nn
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
+from lightning_prune.export.history import HISTORY_ATTRIBUTE, HISTORY_FILENAME, load_pruned, save_pruned
 from lightning_prune.export.integrity import check_probe, verify_files, write_manifest, write_probe
 from lightning_prune.export.per_layer import (
     MODEL_TYPE_PREFIX,
@@ -104,11 +106,21 @@ def save_compact(
             f"{count_parameters(model):,}: it belongs to another export. Pass the report of this model (the one "
             "`Pruner.export()` attached to it), or none."
         )
+    traced = getattr(model, HISTORY_ATTRIBUTE, None) is not None
+    if not traced and not hasattr(model, "save_pretrained"):
+        raise PruningConfigError(
+            f"save_compact writes transformers models and plain PyTorch models exported by lightning-prune (which "
+            f"carry their pruning history); this {type(model).__name__} is neither. Save it with "
+            "`safetensors.torch.save_model`, or pass the model `Pruner.export()` returned."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)  # safetensors (the only format of transformers 5)
-        model_type = getattr(model.config, "model_type", "")
+        if traced:  # a CNN/MLP: weights + the pruning history that rebuilds its shapes from the user's model
+            save_pruned(model, tmp)
+        else:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)  # safetensors (transformers 5's only format)
+        model_type = getattr(getattr(model, "config", None), "model_type", "") or ""
         if model_type.startswith(MODEL_TYPE_PREFIX):
             (tmp / MODELING_FILENAME).write_text(render_modeling_source(model_type[len(MODEL_TYPE_PREFIX) :]))
         if report is not None:
@@ -130,8 +142,10 @@ def save_compact(
     return path
 
 
-def load_compact(path: str | Path, verify: bool = True, **kwargs) -> nn.Module:
-    """Load a compact model written by :func:`save_compact` (uniform or per-layer), verified.
+def load_compact(
+    path: str | Path, verify: bool = True, model_factory: Callable[[], nn.Module] | None = None, **kwargs
+) -> nn.Module:
+    """Load a compact model written by :func:`save_compact` (uniform or per-layer, or a plain PyTorch model), verified.
 
     Per-layer exports are built from lightning-prune's own copy of the modeling code; the file in the
     directory is only for users without lightning-prune (``trust_remote_code=True``). The export report, when the
@@ -141,7 +155,11 @@ def load_compact(path: str | Path, verify: bool = True, **kwargs) -> nn.Module:
         path: a directory written by :func:`save_compact`.
         verify: check the directory before loading (every file's sha256 against the manifest) and the loaded model
             after (the stored probe's outputs, within the tolerance of the loaded dtype).
-        kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ...).
+        model_factory: for a plain PyTorch model (a CNN exported by the dependency_graph adapter): builds the dense
+            model as it was before pruning (the user's code, e.g. ``lambda: torchvision.models.resnet18()``); the
+            saved pruning history is replayed on it before the weights load. Not used for transformers models.
+        kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ...); for a plain PyTorch model,
+            ``example_inputs`` to trace the factory's model (default: zeros of the saved shapes).
 
     Raises:
         CorruptExportError: (``verify=True``) no manifest, a file missing, truncated or changed, a weights file the
@@ -151,6 +169,21 @@ def load_compact(path: str | Path, verify: bool = True, **kwargs) -> nn.Module:
     path = Path(path)
     if verify:
         verify_files(path)
+    if (path / HISTORY_FILENAME).is_file():
+        if model_factory is None:
+            raise PruningConfigError(
+                f"{str(path)!r} holds a plain PyTorch model (weights + pruning history): pass `model_factory`, a "
+                "function that builds the dense model as it was before pruning, e.g. "
+                "`load_compact(path, model_factory=lambda: torchvision.models.resnet18(num_classes=10))`."
+            )
+        model = load_pruned(path, model_factory, example_inputs=kwargs.pop("example_inputs", None))
+        if kwargs:
+            raise PruningConfigError(f"load_compact of a plain PyTorch model takes no {sorted(kwargs)}.")
+        if verify:
+            check_probe(model, path)
+        if (path / REPORT_FILENAME).is_file():
+            setattr(model, REPORT_ATTRIBUTE, ExportReport.from_json(path / REPORT_FILENAME))
+        return model
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a directory written by save_compact?")

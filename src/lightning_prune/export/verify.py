@@ -94,7 +94,11 @@ def check_equivalence(
     limit = max_positions(gated)
     if limit is not None:
         seq_len = min(seq_len, limit)
-    inputs = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
+    dtype = _dtype(compact)  # floating inputs (images, features) follow the weights, also in the float64 re-check
+    inputs = {
+        k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+        for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()
+    }
     with eval_mode(gated, compact):
         reference = adapter.outputs(gated, inputs).float()
         output = adapter.outputs(compact, inputs).float()
