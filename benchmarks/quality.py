@@ -178,11 +178,54 @@ class MethodEntry:
     train: Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]
 
 
+class _InitGatesAtTarget:
+    """Study lever: when pruning starts, place the hard-concrete gates at the *final* target's one-shot selection
+    instead of near "all kept": ``log α = clamp(sharpness · (rank − r*))`` around the importance rank ``r*`` that
+    separates kept from removed units (the sign forced to the selection), so the learned phase refines the
+    boundary instead of spending its steps closing gates."""
+
+    def __new__(cls, pruning: lp.PruningCallback, sharpness: float = 40.0):
+        from lightning.pytorch.callbacks import Callback
+
+        from lightning_prune.importance import global_ranks, importance_masks, importance_per_cost, unit_costs
+
+        class Init(Callback):
+            def __init__(self) -> None:
+                self.done = False
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                if self.done or pruning.phase != "prune":
+                    return
+                self.done = True
+                p = pruning.pruner
+                masks = importance_masks(p, target=p.config.target_sparsity)
+                ranks = global_ranks(importance_per_cost(p.importance.synced(), unit_costs(p)))
+                removed = torch.cat([ranks[n][masks[n] == 0] for n in ranks])
+                kept = torch.cat([ranks[n][masks[n] > 0] for n in ranks])
+                r_star = (float(removed.max()) + float(kept.min())) / 2 if removed.numel() else 0.0
+                with torch.no_grad():
+                    for name, gate in p.gates.items():
+                        c = gate.log_alpha_clamp
+                        value = (sharpness * (ranks[name] - r_star)).clamp(-c, c)
+                        keep = masks[name].to(value.device) > 0
+                        value = torch.where(keep, value.clamp(min=0.5), value.clamp(max=-0.5))
+                        gate.log_alpha.copy_(value)
+
+        return Init()
+
+
 def _train_with_callback(
-    model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig, dense: float = 0.1, freeze: float = 0.75
+    model: nn.Module,
+    config: lp.PruningConfig,
+    task: Task,
+    cfg: BenchConfig,
+    dense: float = 0.1,
+    freeze: float = 0.75,
+    reset: bool = False,
+    at_target: bool = False,
 ) -> nn.Module:
     """Our Lightning callback: dense ``dense`` of the steps, pruning until ``freeze``, then masks frozen (default: the
-    demo's schedule, 10% / 75%)."""
+    demo's schedule, 10% / 75%); ``reset``: a fresh optimizer state for the weights at the freeze."""
     callback = lp.PruningCallback(
         config,
         dense_steps=max(1, int(cfg.steps * dense)),
@@ -191,16 +234,22 @@ def _train_with_callback(
         log_stats=False,
         prog_bar=False,
         seed=cfg.seed,  # mask samples from their own RNG stream: the global one (dropout, ...) is left alone
+        reset_optimizer_at_freeze=reset,
     )
-    fit(model, task, cfg, cfg.steps, [callback])
+    extra = [_InitGatesAtTarget(callback)] if at_target else []
+    fit(model, task, cfg, cfg.steps, [callback, *extra])
     return callback.pruner.export()
 
 
-def _schedule(dense: float, freeze: float) -> Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]:
+def _schedule(
+    dense: float, freeze: float, reset: bool = False, at_target: bool = False
+) -> Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]:
     """Train with the callback on another schedule: dense ``dense`` of the steps, masks frozen from ``freeze``."""
 
     def train(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
-        return _train_with_callback(model, config, task, cfg, dense=dense, freeze=freeze)
+        return _train_with_callback(
+            model, config, task, cfg, dense=dense, freeze=freeze, reset=reset, at_target=at_target
+        )
 
     return train
 
@@ -285,6 +334,17 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "l0+imp+d30": MethodEntry(_l0_variant(warmup=0.15, init_from_importance=True), _schedule(0.3, 0.55)),
     "l0+recipe": MethodEntry(_l0_variant(), _train_with_recipe),
+    "l0+imp+sched+reset": MethodEntry(_l0_variant(warmup=0.3, init_from_importance=True), _schedule(0.1, 0.5, True)),
+    "l0+imp+early": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25)),
+    "l0+tgt": MethodEntry(_l0_variant(warmup=0.01, init_from_importance=True), _schedule(0.1, 0.5, True, True)),
+    "l0+tgt+d30": MethodEntry(_l0_variant(warmup=0.01, init_from_importance=True), _schedule(0.3, 0.5, True, True)),
+    "l0+lr5": MethodEntry(
+        _l0_variant(warmup=0.3, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.1, 0.5)
+    ),
+    "l0+lr5+reset": MethodEntry(
+        _l0_variant(warmup=0.3, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.1, 0.5, True)
+    ),
+    "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }
 #: Rows run by default (the study's variants are run by name with `--methods`).
 DEFAULT_METHODS = ("l0", "l0+distill", "ste", "polarization")

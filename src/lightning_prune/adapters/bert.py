@@ -42,10 +42,38 @@ from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.export.per_layer import (
+    PerLayerFamily,
+    build_per_layer_model,
+    register_per_layer_family,
+    without_export_keys,
+)
 from lightning_prune.structures import StructureSpec
 
 #: model_type -> class-name prefix in transformers
 BERT_FAMILIES: dict[str, str] = {"bert": "Bert", "roberta": "Roberta"}
+
+
+def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """BertSelfAttention derives head size = hidden_size / num_attention_heads and rejects a remainder: one nominal
+    head always divides. The template sets each layer's heads and head size (config.attention_head_size) from
+    layer_shapes."""
+    cfg = without_export_keys(config)
+    for key in ("attention_head_size", "pooler_size"):
+        if key not in cfg:
+            raise ValueError(f"A per-layer BERT config needs `{key}`; the adapter must pass it.")
+    cfg["num_attention_heads"] = 1
+    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
+for _model_type, _prefix in BERT_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(
+            _prefix, "modeling_bert_template.py.txt", ("ForSequenceClassification", "Model"), _per_layer_config
+        ),
+    )
 
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 _SUPPORTED_KINDS = ("ForSequenceClassification", "Model")
@@ -292,7 +320,6 @@ class BertAdapter(ModelAdapter):
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
         from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
-        from lightning_prune.export.per_layer import build_per_layer_model
 
         p, d, hd, L = self.prefix, self.hidden_size, self.head_dim, self.num_layers
         surgery = CompactState(state, masks)

@@ -43,10 +43,39 @@ from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.export.per_layer import (
+    PerLayerFamily,
+    build_per_layer_model,
+    register_per_layer_family,
+    without_export_keys,
+)
 from lightning_prune.structures import StructureSpec
 
 #: model_type -> class-name prefix in transformers
 GPT2_FAMILIES: dict[str, str] = {"gpt2": "GPT2"}
+
+
+def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """GPT2Attention rejects n_embd % n_head != 0: one nominal head always divides. The template sets each layer's
+    heads, head_dim and split_size (config.attention_head_size) from layer_shapes."""
+    cfg = without_export_keys(config)
+    if "attention_head_size" not in cfg:
+        raise ValueError("A per-layer GPT-2 config needs `attention_head_size`; the adapter must pass it.")
+    cfg["n_head"] = 1
+    cfg["n_inner"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
+for _model_type, _prefix in GPT2_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(
+            _prefix,
+            "modeling_gpt2_template.py.txt",
+            ("LMHeadModel", "ForSequenceClassification", "Model"),
+            _per_layer_config,
+        ),
+    )
 
 _SUPPORTED_CLASSES = ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2Model")
 _PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -222,7 +251,6 @@ class GPT2Adapter(ModelAdapter):
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
         from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
-        from lightning_prune.export.per_layer import build_per_layer_model
 
         p, d, hd, L = self.prefix, self.hidden_size, self.head_dim, self.num_layers
         surgery = CompactState(state, masks)

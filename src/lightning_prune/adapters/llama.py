@@ -39,11 +39,39 @@ from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
+from lightning_prune.export.per_layer import (
+    PerLayerFamily,
+    build_per_layer_model,
+    register_per_layer_family,
+    without_export_keys,
+)
 from lightning_prune.ops import set_kept_count
 from lightning_prune.structures import StructureSpec
 
 #: model_type -> (transformers module name, class-name prefix)
 LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+
+def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nominal sizes of the per-layer config (the per-layer shapes override them): one head passes every family's
+    config checks (LlamaConfig wants hidden_size % num_attention_heads == 0); head_dim is explicit in the config."""
+    cfg = without_export_keys(config)
+    cfg["num_attention_heads"] = 1
+    cfg["num_key_value_heads"] = 1
+    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
+    return cfg
+
+
+for _model_type, _prefix in LLAMA_FAMILIES.items():
+    register_per_layer_family(
+        _model_type,
+        PerLayerFamily(
+            _prefix,
+            "modeling_template.py.txt",
+            ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
+            _per_layer_config,
+        ),
+    )
 
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 
@@ -339,7 +367,6 @@ class LlamaAdapter(ModelAdapter):
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
         from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
-        from lightning_prune.export.per_layer import build_per_layer_model
 
         p, d, hd, nrep = self.prefix, self.hidden_size, self.head_dim, self.n_rep
         nh, nkv, L = self.num_heads, self.num_kv_heads, self.num_layers

@@ -27,10 +27,6 @@ from typing import Any
 
 from torch import nn
 
-from lightning_prune.adapters.bert import BERT_FAMILIES
-from lightning_prune.adapters.gpt2 import GPT2_FAMILIES
-from lightning_prune.adapters.llama import LLAMA_FAMILIES
-
 MODELING_FILENAME = "modeling_lightning_prune.py"
 MODEL_TYPE_PREFIX = "lightning_prune_"
 
@@ -54,7 +50,7 @@ class PerLayerFamily:
     Attributes:
         class_prefix: the family's class-name prefix (``"Llama"`` for ``LlamaConfig``), substituted for
             ``__FAMILY__`` in the template; ``__MODULE__`` becomes the model_type.
-        template: file name of the modeling template, next to this module.
+        template: the modeling template: a path, or a file name next to this module.
         kinds: class-name suffixes the template defines (``"ForSequenceClassification"``, ``"Model"``, ...).
         nominal_config: maps ``(original config dict, layer_shapes)`` to the kwargs of the per-layer config
             (nominal sizes that pass the parent config's and modules' checks).
@@ -70,15 +66,22 @@ _FAMILIES: dict[str, PerLayerFamily] = {}
 
 
 def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
-    """Make ``model_type`` exportable with per-layer shapes (a new family is one template + one call)."""
-    if not (Path(__file__).with_name(family.template)).exists():
+    """Make ``model_type`` exportable with per-layer shapes (a new family is one template + one call, made by the
+    family's adapter module when it is imported). ``family.template`` is a path, or a file name next to this module.
+    """
+    if not _template_path(family.template).exists():
         raise FileNotFoundError(
-            f"Per-layer template {family.template!r} for {model_type!r} is not in {Path(__file__).parent}."
+            f"Per-layer template {str(_template_path(family.template))!r} for {model_type!r} is missing."
         )
     unknown = [k for k in family.kinds if k not in AUTO_CLASSES]
     if unknown:
         raise ValueError(f"Unknown model kinds {unknown} for {model_type!r}; known kinds: {list(AUTO_CLASSES)}.")
     _FAMILIES[model_type] = family
+
+
+def _template_path(template: str) -> Path:
+    path = Path(template)
+    return path if path.is_absolute() else Path(__file__).with_name(template)
 
 
 def per_layer_family(model_type: str) -> PerLayerFamily:
@@ -88,78 +91,17 @@ def per_layer_family(model_type: str) -> PerLayerFamily:
     return _FAMILIES[model_type]
 
 
-def _without_export_keys(config: dict[str, Any]) -> dict[str, Any]:
+def without_export_keys(config: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(config)
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "layer_shapes"):
         cfg.pop(key, None)
     return cfg
 
 
-def _llama_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
-    cfg = _without_export_keys(config)
-    # Nominal sizes: the per-layer shapes override them. One head passes every family's config checks
-    # (LlamaConfig wants hidden_size % num_attention_heads == 0); head_dim is explicit in the config.
-    cfg["num_attention_heads"] = 1
-    cfg["num_key_value_heads"] = 1
-    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
-    return cfg
-
-
-def _bert_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
-    cfg = _without_export_keys(config)
-    # BertSelfAttention derives head size = hidden_size / num_attention_heads and rejects a remainder:
-    # one nominal head always divides. The template sets each layer's heads and head size
-    # (config.attention_head_size) from layer_shapes.
-    for key in ("attention_head_size", "pooler_size"):
-        if key not in cfg:
-            raise ValueError(f"A per-layer BERT config needs `{key}`; the adapter must pass it.")
-    cfg["num_attention_heads"] = 1
-    cfg["intermediate_size"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
-    return cfg
-
-
-def _gpt2_nominal(config: dict[str, Any], layer_shapes: list[dict[str, Any]]) -> dict[str, Any]:
-    cfg = _without_export_keys(config)
-    # GPT2Attention rejects n_embd % n_head != 0: one nominal head always divides. The template sets each
-    # layer's heads, head_dim and split_size (config.attention_head_size) from layer_shapes.
-    if "attention_head_size" not in cfg:
-        raise ValueError("A per-layer GPT-2 config needs `attention_head_size`; the adapter must pass it.")
-    cfg["n_head"] = 1
-    cfg["n_inner"] = max(max(s["intermediate_size"] for s in layer_shapes), 1)
-    return cfg
-
-
-for _model_type, _prefix in LLAMA_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(
-            _prefix,
-            "modeling_template.py.txt",
-            ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
-            _llama_nominal,
-        ),
-    )
-for _model_type, _prefix in BERT_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(_prefix, "modeling_bert_template.py.txt", ("ForSequenceClassification", "Model"), _bert_nominal),
-    )
-for _model_type, _prefix in GPT2_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(
-            _prefix,
-            "modeling_gpt2_template.py.txt",
-            ("LMHeadModel", "ForSequenceClassification", "Model"),
-            _gpt2_nominal,
-        ),
-    )
-
-
 def render_modeling_source(family: str) -> str:
     """The modeling file's source for ``family`` (a transformers model_type such as ``"llama"``)."""
     spec = per_layer_family(family)
-    template = Path(__file__).with_name(spec.template).read_text()
+    template = _template_path(spec.template).read_text()
     return template.replace("__FAMILY__", spec.class_prefix).replace("__MODULE__", family)
 
 

@@ -37,7 +37,12 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.optim import (
+    extend_schedulers_,
+    regroup_optimizer_,
+    reset_model_state_,
+    set_group_learning_rates_,
+)
 from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, config_mismatch, gate_shapes, run_record
 from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
 from lightning_prune.methods.base import PruningConfig
@@ -74,6 +79,8 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             and the micro-batch index). ``None`` uses ``TrainingArguments.seed``.
         log_stats: add the pruning statistics (target, expected and exact sparsity, λ, kept units) to the
             Trainer's training logs under ``pruning/``.
+        reset_optimizer_at_freeze: when the masks freeze, forget the optimizer state of the model's weights (fresh
+            moments for the final architecture, as after the cut of a prune-then-fine-tune pipeline).
 
     Raises:
         PruningConfigError: an argument is invalid.
@@ -103,6 +110,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         adapter: str | None = None,
         seed: int | None = None,
         log_stats: bool = True,
+        reset_optimizer_at_freeze: bool = False,
     ) -> None:
         self._init_options(
             config,
@@ -114,6 +122,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             overwrite_export=overwrite_export,
             plot=plot,
             log_stats=log_stats,
+            reset_optimizer_at_freeze=reset_optimizer_at_freeze,
         )
         self._pruner: Pruner | None = None
         self._phase = "dense" if dense_steps > 0 else "prune"
@@ -205,6 +214,9 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
+            if self._resets_at(phase, global_step):
+                cleared = reset_model_state_(self._optimizer, self._pruner)
+                log.info("lightning-prune: masks frozen; optimizer state of %d parameters reset", cleared)
         self._phase = phase
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps seeing
         # them used (the penalty is 0·Σ gates outside the prune phase).

@@ -40,7 +40,12 @@ from lightning_prune.errors import ExportDirectoryError, PruningConfigError, Uns
 from lightning_prune.export.io import check_export_dir, export_dir_problem
 from lightning_prune.export.merge import unwrap_model
 from lightning_prune.integrations.fsdp import sharding_of
-from lightning_prune.integrations.optim import extend_schedulers_, regroup_optimizer_, set_group_learning_rates_
+from lightning_prune.integrations.optim import (
+    extend_schedulers_,
+    regroup_optimizer_,
+    reset_model_state_,
+    set_group_learning_rates_,
+)
 from lightning_prune.integrations.resume import (  # noqa: F401  (config_fingerprint: imported from here before)
     config_fingerprint,
     config_mismatch,
@@ -134,6 +139,12 @@ class PruningCallback(Callback, PhaseSchedule):
         log_stats: log the pruning statistics every ``log_every_n_steps`` under ``pruning/``.
         prog_bar: show the exact sparsity (``sparsity``), the schedule's current target (``target``) and the first
             Lagrange multiplier (``λ1``, where the method has one) in the progress bar.
+        reset_optimizer_at_freeze: when the masks freeze (at ``freeze_after_steps``), forget the optimizer state of
+            the model's weights so that the final architecture fine-tunes with fresh moments, as after the cut of a
+            prune-then-fine-tune pipeline (:func:`lightning_prune.recipes.l0` turns it on).
+        example_inputs: inputs of one forward pass for models that are traced (plain CNNs/MLPs such as a torchvision
+            ResNet, through the ``dependency_graph`` adapter), e.g. ``torch.randn(1, 3, 224, 224)``; ``None`` for the
+            model families with their own adapter (Llama, BERT, GPT-2, ...). As in :func:`lightning_prune.attach`.
 
     Raises:
         PruningConfigError: an argument is invalid (the message lists the allowed values).
@@ -167,6 +178,8 @@ class PruningCallback(Callback, PhaseSchedule):
         seed: int | None = None,
         log_stats: bool = True,
         prog_bar: bool = True,
+        example_inputs: Any = None,
+        reset_optimizer_at_freeze: bool = False,
     ) -> None:
         super().__init__()
         if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
@@ -185,8 +198,10 @@ class PruningCallback(Callback, PhaseSchedule):
             plot=plot,
             log_stats=log_stats,
             prog_bar=prog_bar,
+            reset_optimizer_at_freeze=reset_optimizer_at_freeze,
         )
         self.model_attribute = model_attribute
+        self.example_inputs = example_inputs
         self._pruner: Pruner | None = None
         self._model_path: str | None = None
         self._phase = "dense" if dense_steps > 0 else "prune"
@@ -228,7 +243,7 @@ class PruningCallback(Callback, PhaseSchedule):
         path, model = find_model(pl_module, self.model_attribute)
         if self._pruner is not None and getattr(model, STATE_ATTRIBUTE, None) is self._pruner.state:
             return self._pruner
-        self._pruner = Pruner(model, self.config, adapter=self.adapter)
+        self._pruner = Pruner(model, self.config, adapter=self.adapter, example_inputs=self.example_inputs)
         self._model_path = path
         rank_zero_info(
             f"lightning-prune: gates on {list(self._pruner.specs)} of `{type(pl_module).__name__}.{path}` "
@@ -352,6 +367,9 @@ class PruningCallback(Callback, PhaseSchedule):
             rank_zero_info(f"lightning-prune: phase '{self._phase}' -> '{phase}' at global step {global_step}")
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
+            if self._resets_at(phase, global_step):
+                cleared = reset_model_state_(self._optimizer, self._pruner)
+                rank_zero_info(f"lightning-prune: masks frozen; optimizer state of {cleared} parameters reset")
         self._phase = phase
         self._global_step = global_step
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps

@@ -112,6 +112,24 @@ def extend_schedulers_(schedulers: list[Any], groups_before: int, source_index: 
                 value.extend([value[source_index]] * added)
 
 
+def reset_model_state_(optimizer: torch.optim.Optimizer, pruner: Pruner) -> int:
+    """Forget the optimizer state (Adam's moments and step counts, SGD's momentum) of every parameter that is not
+    ours; returns how many parameters had state.
+
+    Called when the masks freeze (``reset_optimizer_at_freeze``): the model that fine-tunes from there is the final,
+    smaller architecture, and moments accumulated under sampled masks describe another one. The two-stage
+    pipeline (prune, then fine-tune) gets the same fresh start from its new optimizer; on the quality benchmark it
+    helped every L0 schedule tried (issue #18, docs/benchmarks.md). Learning rates and schedulers are untouched.
+    """
+    ours = {id(p) for p in pruner.state.parameters()}
+    cleared = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in ours and optimizer.state.pop(p, None) is not None:
+                cleared += 1
+    return cleared
+
+
 def set_group_learning_rates_(optimizer: torch.optim.Optimizer, pruner: Pruner, active: bool) -> None:
     """Our groups' lr: the configured values while pruning (``active``), 0 otherwise.
 

@@ -104,6 +104,17 @@ class PhaseSchedule:
         for name, value in flags.items():
             setattr(self, name, value)
 
+    def _resets_at(self, phase: str, global_step: int) -> bool:
+        """Whether the optimizer state is reset now: ``reset_optimizer_at_freeze`` and the step where the masks freeze
+        (exactly that step, so a run resumed later never resets a restored state; one resumed at that step resets,
+        as the uninterrupted run did)."""
+        return (
+            getattr(self, "reset_optimizer_at_freeze", False)
+            and phase == "frozen"
+            and global_step == self.freeze_after_steps
+            and getattr(self, "_optimizer", None) is not None
+        )
+
     def schedule_warning(self, total_steps: int | None, where: str = "max_steps") -> str | None:
         """A warning for a run whose last step falls inside the dense warm-up (``None`` when it reaches pruning).
 

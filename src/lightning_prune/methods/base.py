@@ -390,10 +390,42 @@ class PruningConfig:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field (JSON-ready: ``structures`` as a list) plus ``"method"``; :meth:`from_dict` inverts it."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["structures"] = list(self.structures)
         out["method"] = self.method_name
         return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PruningConfig:
+        """The config :meth:`to_dict` described (also after a JSON round trip).
+
+        ``PruningConfig.from_dict(d)`` builds the config class registered for ``d["method"]``; on a method's own
+        class (``L0Config.from_dict(d)``) the method, when given, must be that class's.
+
+        Raises:
+            PruningConfigError: an unknown or mismatching method, or a dict without one given to the base class.
+        """
+        values = dict(values)
+        method = values.pop("method", None)
+        target = cls
+        if method is not None:
+            registered = method_config_class(method)
+            if cls is PruningConfig:
+                target = registered
+            elif registered is not cls:
+                raise PruningConfigError(
+                    f"This dict describes a {method!r} config ({registered.__name__}), not a {cls.__name__}. Use "
+                    f"{registered.__name__}.from_dict(...) or PruningConfig.from_dict(...)."
+                )
+        elif cls is PruningConfig:
+            raise PruningConfigError(
+                "The dict has no 'method' key, so PruningConfig.from_dict cannot tell which config to build; call the "
+                "method's class, e.g. lightning_prune.L0Config.from_dict(d)."
+            )
+        if isinstance(values.get("structures"), list):
+            values["structures"] = tuple(values["structures"])
+        return target(**values)
 
 
 def positive_float(value: float, name: str) -> None:

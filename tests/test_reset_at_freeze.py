@@ -1,0 +1,107 @@
+"""``reset_optimizer_at_freeze`` (issue #18): when the masks freeze, the model's weights restart with fresh optimizer
+state (as after the cut of a prune-then-fine-tune pipeline); the gates' and multipliers' state is kept; a run
+resumed after the freeze never resets the state it restored. Lightning callback, HF Trainer and the recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_causal_lm
+from lightning_helpers import config, lit_llama, loader, trainer
+
+import lightning_prune as lp
+from lightning_prune import recipes
+from lightning_prune.integrations.hf_trainer import PruningTrainer, PruningTrainerCallback
+
+FREEZE, STEPS = 5, 8
+
+
+def _adam_steps(optimizer: torch.optim.Optimizer, params) -> set[int]:
+    return {int(optimizer.state[p]["step"]) for p in params if p in optimizer.state}
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_lightning_callback_resets_the_weights_state_once_at_the_freeze(reset):
+    module = lit_llama()
+    callback = lp.PruningCallback(
+        config(),
+        dense_steps=2,
+        freeze_after_steps=FREEZE,
+        plot=False,
+        log_stats=False,
+        prog_bar=False,
+        reset_optimizer_at_freeze=reset,
+    )
+    fit = trainer(STEPS, [callback])
+    fit.fit(module, loader())
+    optimizer = fit.optimizers[0]
+    pruner = callback.pruner
+    ours = {id(p) for p in pruner.state.parameters()}
+    weights = [p for p in module.parameters() if id(p) not in ours and p.requires_grad]
+    # Adam's step count of a weight: steps since its state was created
+    assert _adam_steps(optimizer, weights) == ({STEPS - FREEZE} if reset else {STEPS})
+    assert _adam_steps(optimizer, pruner.gate_parameters()) == {STEPS}  # gates and λ keep theirs
+
+
+def test_lightning_resume_after_the_freeze_keeps_the_restored_state(tmp_path):
+    """Stop after the freeze, resume: the restored state continues (no second reset)."""
+
+    def run(max_steps: int, ckpt=None):
+        module = lit_llama()
+        callback = lp.PruningCallback(
+            config(),
+            dense_steps=2,
+            freeze_after_steps=FREEZE,
+            plot=False,
+            log_stats=False,
+            prog_bar=False,
+            reset_optimizer_at_freeze=True,
+        )
+        fit = trainer(max_steps, [callback], enable_checkpointing=True, default_root_dir=tmp_path)
+        fit.fit(module, loader(), ckpt_path=ckpt)
+        return fit, module, callback
+
+    first, _, _ = run(FREEZE + 1)
+    ckpt = tmp_path / "after_freeze.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed, module, callback = run(STEPS, ckpt)
+    ours = {id(p) for p in callback.pruner.state.parameters()}
+    weights = [p for p in module.parameters() if id(p) not in ours and p.requires_grad]
+    assert _adam_steps(resumed.optimizers[0], weights) == {STEPS - FREEZE}
+
+
+def test_hf_trainer_resets_the_weights_state_at_the_freeze(tmp_path):
+    transformers.set_seed(0)
+    model = tiny_causal_lm("llama").train()
+    callback = PruningTrainerCallback(
+        config(), dense_steps=2, freeze_after_steps=FREEZE, plot=False, reset_optimizer_at_freeze=True
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    ids = loader().dataset.tensors[0]
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    hf = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    hf.train()
+    ours = {id(p) for p in hf.pruner.state.parameters()}
+    weights = [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
+    assert _adam_steps(hf.optimizer, weights) == {STEPS - FREEZE}
+    assert _adam_steps(hf.optimizer, hf.pruner.gate_parameters()) == {STEPS}
+
+
+def test_recipe_turns_the_reset_on_and_the_callbacks_accept_its_schedule():
+    config_, phases = recipes.l0(target_sparsity=0.5, max_steps=300)
+    assert phases["reset_optimizer_at_freeze"] is True
+    assert (config_.gate_lr, config_.lagrangian_lr) == (0.5, 0.5)
+    assert recipes.l0_callback(0.5, 300, plot=False).reset_optimizer_at_freeze is True
+    PruningTrainerCallback(config_, **phases)  # the HF integration takes the same keywords
+    with pytest.raises(lp.PruningConfigError, match="reset_optimizer_at_freeze"):
+        lp.PruningCallback(config_, reset_optimizer_at_freeze="yes")
