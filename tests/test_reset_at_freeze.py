@@ -105,3 +105,27 @@ def test_recipe_turns_the_reset_on_and_the_callbacks_accept_its_schedule():
     PruningTrainerCallback(config_, **phases)  # the HF integration takes the same keywords
     with pytest.raises(lp.PruningConfigError, match="reset_optimizer_at_freeze"):
         lp.PruningCallback(config_, reset_optimizer_at_freeze="yes")
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_freezing_far_from_the_target_warns_with_the_fix(slow):
+    """Gates that cannot follow the warm-up (tiny learning rates) freeze far from the target: the exact-target cut did
+    the pruning, and the user is told how to let the gates learn it; gates that could keep up are not warned about."""
+    import warnings
+
+    overrides = dict(gate_lr=1e-4, lagrangian_lr=1e-4) if slow else dict(target_sparsity=0.05)
+    callback = lp.PruningCallback(
+        config(warmup_steps=2, **overrides),
+        dense_steps=1,
+        freeze_after_steps=FREEZE,
+        plot=False,
+        log_stats=False,
+        prog_bar=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(STEPS, [callback]).fit(lit_llama(), loader())
+    lag = [w for w in caught if "masks froze with the gates' expected sparsity" in str(w.message)]
+    assert bool(lag) == slow
+    if slow:
+        assert "Raise `gate_lr` and `lagrangian_lr`" in str(lag[0].message)

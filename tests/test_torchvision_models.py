@@ -180,3 +180,50 @@ def test_saved_cnn_export_verifies_itself(tmp_path):
     history.write_text(history.read_text().replace("]]", "]] ", 1))
     with pytest.raises(lp.CorruptExportError, match="pruning_history.json"):
         lp.load_compact(directory, model_factory=factory)
+
+
+#: More of the zoo, one method each: SE blocks (EfficientNet, MobileNetV3), concatenation (DenseNet), grouped convs
+#: (RegNet, ResNeXt), LayerNorm'd channels left dense (ConvNeXt), modules that check their state-dict version on load
+#: (MNASNet), fire modules (SqueezeNet), a wide classifier (VGG).
+ZOO = {
+    "vgg11_bn": 64,
+    "efficientnet_b0": 32,
+    "densenet121": 32,
+    "regnet_x_400mf": 32,
+    "mnasnet0_5": 32,
+    "squeezenet1_0": 64,
+    "convnext_tiny": 32,
+    "resnext50_32x4d": 32,
+    "mobilenet_v3_small": 32,
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_torchvision_zoo_exports_and_reloads_exactly(tmp_path, name):
+    size = ZOO[name]
+    torch.manual_seed(0)
+    factory = getattr(models, name)
+    model = factory(num_classes=10)
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        model = calibrated(model, _images(4, 100, size), 0)
+    pruner = lp.attach(model, METHODS["l0"](), example_inputs=_images(2, 1, size))
+    model.train()
+    (model(_images(4, 2, size)).square().mean() + pruner.penalty()).backward()
+    model.eval()
+    randomize_gates(pruner, seed=2)
+    directory = pruner.save_compact(tmp_path / name)
+    report = pruner.last_report
+    assert report.max_abs_diff <= 1e-4 * report.reference_scale and report.params_after < report.params_before
+    loaded = lp.load_compact(directory, model_factory=lambda: factory(num_classes=10))
+    probe = _images(2, 5, size)
+    with torch.no_grad():
+        gated = model(probe)
+        assert (loaded(probe) - gated).abs().max() <= 1e-4 * max(1.0, float(gated.abs().max()))
+    assert count_parameters(loaded) == report.params_after
+
+
+def test_a_model_torch_pruning_cannot_trace_is_refused_at_attach_with_the_cause():
+    """ShuffleNetV2's channel shuffle (a view + transpose) breaks torch-pruning's index mapping."""
+    model = models.shufflenet_v2_x0_5(num_classes=10).eval()
+    with pytest.raises(lp.UnsupportedModelError, match=r"could not trace .*ShuffleNetV2.*channel shuffles"):
+        lp.attach(model, METHODS["l0"](), example_inputs=_images(2, 1))

@@ -27,6 +27,7 @@ parametrised layer other than Conv/Linear/BatchNorm; their parameters are fixed 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,7 +147,17 @@ class DependencyGraphAdapter(ModelAdapter):
             )
         self.inputs = tuple(t.detach() for t in _as_tuple(example_inputs))
         self.template = _weightless_copy(model)  # the compact model is built from it at export
-        graph = build_graph(model, self.inputs)
+        try:
+            graph = build_graph(model, self.inputs)
+        except (ArithmeticError, IndexError, KeyError, ValueError, AssertionError, NotImplementedError) as error:
+            # torch-pruning's tracer failing inside its index mapping (e.g. a ShuffleNet channel shuffle): the
+            # model's own forward ran (checked before), so the problem is the trace, not the user's inputs
+            raise UnsupportedModelError(
+                f"torch-pruning could not trace the channel dependencies of {type(model).__name__} "
+                f"({type(error).__name__}: {error}); operations that permute or regroup channels through reshapes "
+                "(channel shuffles, pixel shuffles) are the usual cause. Gate the model with an adapter of your own "
+                "(docs/adapters.md), or prune only a part of it that traces (attach to that submodule)."
+            ) from error
         self.groups = channel_groups(model, graph)
         if not self.groups:
             raise UnsupportedModelError(
@@ -380,7 +391,7 @@ class DependencyGraphAdapter(ModelAdapter):
 
         compact = copy.deepcopy(self.template)
         # the meta tensors are replaced by the state's, copies where they are the live model's (folded in place below)
-        compact.load_state_dict(owned_state(state), strict=True, assign=True)
+        compact.load_state_dict(with_versions(owned_state(state), compact), strict=True, assign=True)
         mask = masks.get(STRUCTURE)
         if mask is None:
             mask = torch.ones(1, self.units)
@@ -436,6 +447,14 @@ def prune_by_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
             "dtypes": [str(t.dtype) for t in example_inputs],
         },
     )
+
+
+def with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """``state`` carrying ``model``'s per-module state-dict versions (``_metadata``), which modules that check their
+    version on load (torchvision's MNASNet) need; a dict rebuilt from tensors (safetensors, merging) has none."""
+    out = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    return out
 
 
 def _split(channel_map: dict[int, int], channels: int) -> tuple[tuple[int, ...], int]:

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightning_prune.adapters.dependency_graph import HISTORY_ATTRIBUTE, _as_tuple
+from lightning_prune.adapters.dependency_graph import HISTORY_ATTRIBUTE, _as_tuple, with_versions
 from lightning_prune.errors import ExportMismatchError
 
 __all__ = ["HISTORY_ATTRIBUTE", "HISTORY_FILENAME", "WEIGHTS_FILENAME", "load_pruned", "save_pruned"]
@@ -85,7 +85,7 @@ def load_pruned(path: str | Path, model_factory: Callable[[], nn.Module], exampl
                 model, example_inputs=_as_tuple(example_inputs), verbose=False
             )
         graph.load_pruning_history([tuple(h) for h in record["history"]])
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(with_versions(state, model), strict=True)
     except (RuntimeError, AttributeError, ValueError, IndexError) as err:
         raise ExportMismatchError(
             f"The model built by `model_factory` does not take the saved weights after replaying the pruning "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,10 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
+            if phase == "frozen" and self._phase == "prune":
+                lag = self.freeze_lag_warning()
+                if lag is not None:
+                    warnings.warn(lag, stacklevel=2)
             if self._resets_at(phase, global_step):
                 cleared = reset_model_state_(self._optimizer, self._pruner)
                 log.info("lightning-prune: masks frozen; optimizer state of %d parameters reset", cleared)

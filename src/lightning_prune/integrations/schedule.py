@@ -104,6 +104,32 @@ class PhaseSchedule:
         for name, value in flags.items():
             setattr(self, name, value)
 
+    #: How far (absolute sparsity) the gates' expected sparsity may trail the target when the masks freeze before
+    #: :meth:`freeze_lag_warning` speaks.
+    FREEZE_LAG = 0.1
+
+    def freeze_lag_warning(self) -> str | None:
+        """A warning when hard-concrete gates freeze far from the target (``None`` otherwise).
+
+        The deterministic masks always meet the target exactly (the exact-target cut), so the progress bar's
+        ``sparsity`` looks right even when the gates never closed; the expected sparsity tells whether the run
+        learned which units to drop or the cut removed them in one step at the freeze (issue #18's diagnosis).
+        """
+        pruner = self._pruner
+        if pruner is None or getattr(pruner.config, "gate_kind", None) != "hard_concrete":
+            return None
+        expected = float(pruner.expected_sparsity())
+        target = float(pruner.current_target())
+        if target - expected <= self.FREEZE_LAG:
+            return None
+        return (
+            f"lightning-prune: the masks froze with the gates' expected sparsity at {expected:.2f} while the target is "
+            f"{target:.2f}: the exact-target cut removed the missing {target - expected:.0%} in one step, so the run "
+            "did not learn which units to drop. Raise `gate_lr` and `lagrangian_lr` (0.5 each in "
+            "`lightning_prune.recipes.l0`), lengthen the pruning phase (`freeze_after_steps`) or shorten "
+            "`warmup_steps`."
+        )
+
     def _resets_at(self, phase: str, global_step: int) -> bool:
         """Whether the optimizer state is reset now: ``reset_optimizer_at_freeze`` and the step where the masks freeze
         (exactly that step, so a run resumed later never resets a restored state; one resumed at that step resets,
