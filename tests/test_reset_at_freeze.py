@@ -129,3 +129,36 @@ def test_freezing_far_from_the_target_warns_with_the_fix(slow):
     assert bool(lag) == slow
     if slow:
         assert "Raise `gate_lr` and `lagrangian_lr`" in str(lag[0].message)
+
+
+def test_ste_mask_is_projected_onto_the_target_at_the_freeze_and_exported_as_trained():
+    """STE gates that the Lagrangian has not brought to the target (tiny learning rates) meet it from the freeze on;
+    the frozen phase trains with the projected mask, and the export is that mask."""
+    target = 0.4
+    callback = lp.PruningCallback(
+        lp.STEConfig(target_sparsity=target, structures=("heads", "ffn"), warmup_steps=2, gate_lr=1e-5),
+        dense_steps=1,
+        freeze_after_steps=FREEZE,
+        plot=False,
+        log_stats=False,
+        prog_bar=False,
+    )
+    trainer(STEPS, [callback]).fit(lit_llama(), loader())
+    pruner = callback.pruner
+    masks = pruner.deterministic_masks()
+    exact = float(pruner.cost.sparsity(masks, "params"))
+    assert target <= exact <= target + 0.05  # the units' granularity: a head is ~7% of this model's parameters
+    trained = {name: (gate.score() > 0).float() for name, gate in pruner.gates.items()}
+    assert all(torch.equal(masks[n], trained[n]) for n in masks)  # export mask == training mask
+    compact = pruner.export()
+    assert pruner.last_report.params_after < pruner.last_report.params_before and compact is not None
+
+
+def test_ste_projection_through_the_plain_api():
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.STEConfig(target_sparsity=0.4, structures=("ffn",)))
+    pruner.set_phase("prune")
+    before = float(pruner.cost.sparsity(pruner.deterministic_masks(), "params"))
+    pruner.set_phase("frozen")
+    after = float(pruner.cost.sparsity(pruner.deterministic_masks(), "params"))
+    assert before == 0.0 and 0.4 <= after <= 0.41

@@ -498,6 +498,8 @@ class Pruner:
             raise PruningConfigError(f"`phase` must be one of {PHASES}, got {phase!r}.")
         if phase != "dense":
             self.maybe_init_gates_from_importance_()
+        if phase == "frozen" and self.phase == "prune":
+            self.config.on_freeze(self)
         self.phase = phase
         for p in self.state.gates.parameters():
             p.requires_grad_(phase == "prune")

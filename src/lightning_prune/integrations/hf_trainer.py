@@ -215,10 +215,11 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
-            if phase == "frozen" and self._phase == "prune":
+            if phase == "frozen" and self._phase == "prune" and global_step == self.freeze_after_steps:
                 lag = self.freeze_lag_warning()
                 if lag is not None:
                     warnings.warn(lag, stacklevel=2)
+                self._pruner.config.on_freeze(self._pruner)
             if self._resets_at(phase, global_step):
                 cleared = reset_model_state_(self._optimizer, self._pruner)
                 log.info("lightning-prune: masks frozen; optimizer state of %d parameters reset", cleared)

@@ -377,6 +377,10 @@ class PruningConfig:
         masks in its own hooks (PAT's shared hidden mask, after its HSMs) leaves them out."""
         return structures
 
+    def on_freeze(self, pruner: Pruner) -> None:
+        """Called once when the masks freeze (the ``prune`` → ``frozen`` transition of the integrations and of
+        :meth:`Pruner.set_phase`); methods whose frozen mask is not already at the target correct it here."""
+
     def build_compact(
         self, pruner: Pruner, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     ) -> tuple[nn.Module, dict[str, Any]]:
