@@ -344,6 +344,9 @@ METHODS: dict[str, MethodEntry] = {
     "l0+lr5+reset": MethodEntry(
         _l0_variant(warmup=0.3, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.1, 0.5, True)
     ),
+    "l0+d30+brief": MethodEntry(  # two-stage's cut point, then a short learned refinement at the new rates
+        _l0_variant(warmup=0.05, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.3, 0.4, True)
+    ),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }
 #: Rows run by default (the study's variants are run by name with `--methods`).

@@ -273,7 +273,7 @@ def test_recipe_derives_config_and_schedule_from_max_steps():
     assert phases == {
         "dense_steps": int(300 * schedule.dense),
         "freeze_after_steps": int(300 * schedule.freeze),
-        "reset_optimizer_at_freeze": schedule.reset_optimizer_at_freeze,
+        "reset_optimizer_at_freeze": False,  # a 90-step warm-up is long: the measured best there has no reset
     }
     assert 0 < config.warmup_steps <= phases["freeze_after_steps"] - phases["dense_steps"]
     callback = recipes.l0_callback(0.3, 100, export_dir=None, plot=False)
