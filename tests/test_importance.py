@@ -269,15 +269,17 @@ def test_recipe_derives_config_and_schedule_from_max_steps():
 
     config, phases = recipes.l0(target_sparsity=0.5, max_steps=300)
     schedule = recipes.L0_SCHEDULE
+    dense, _, freeze = schedule.fractions(300)
     assert config.init_from_importance and config.target_sparsity == 0.5
     assert phases == {
-        "dense_steps": int(300 * schedule.dense),
-        "freeze_after_steps": int(300 * schedule.freeze),
-        "reset_optimizer_at_freeze": False,  # a 90-step warm-up is long: the measured best there has no reset
+        "dense_steps": int(300 * dense),
+        "freeze_after_steps": int(300 * freeze),
+        "reset_optimizer_at_freeze": schedule.reset_optimizer_at_freeze,
     }
     assert 0 < config.warmup_steps <= phases["freeze_after_steps"] - phases["dense_steps"]
     callback = recipes.l0_callback(0.3, 100, export_dir=None, plot=False)
-    assert callback.dense_steps == max(1, int(100 * schedule.dense)) and callback.config.target_sparsity == 0.3
+    assert callback.dense_steps == max(1, int(100 * schedule.fractions(100)[0]))
+    assert callback.config.target_sparsity == 0.3
     assert recipes.l0(0.5, 300, gate_lr=0.7)[0].gate_lr == 0.7  # explicit fields win
     with pytest.raises(PruningConfigError, match="max_steps"):
         recipes.l0(0.5, 3)

@@ -97,20 +97,20 @@ def test_hf_trainer_resets_the_weights_state_at_the_freeze(tmp_path):
     assert _adam_steps(hf.optimizer, hf.pruner.gate_parameters()) == {STEPS}
 
 
-def test_recipe_rates_follow_the_warmup_length_and_the_callbacks_accept_its_schedule():
-    config_, phases = recipes.l0(target_sparsity=0.5, max_steps=100)  # 30-step warm-up: short
-    assert phases["reset_optimizer_at_freeze"] is True
-    assert (config_.gate_lr, config_.lagrangian_lr) == (0.5, 0.5)
+def test_recipe_phases_follow_the_run_length_and_the_callbacks_accept_its_schedule():
+    config_, phases = recipes.l0(target_sparsity=0.5, max_steps=100)  # short run: dense 10%, warm-up 30%, freeze 50%
+    assert (phases["dense_steps"], config_.warmup_steps, phases["freeze_after_steps"]) == (10, 30, 50)
+    assert (config_.gate_lr, config_.lagrangian_lr, phases["reset_optimizer_at_freeze"]) == (0.5, 0.5, True)
     assert recipes.l0_callback(0.5, 100, plot=False).reset_optimizer_at_freeze is True
-    long_config, long_phases = recipes.l0(target_sparsity=0.5, max_steps=300)  # 90-step warm-up: long
-    assert (long_config.gate_lr, long_config.lagrangian_lr, long_phases["reset_optimizer_at_freeze"]) == (
-        0.1,
-        0.01,
+    long_config, long_phases = recipes.l0(target_sparsity=0.5, max_steps=300)  # long: dense 30%, 5%, freeze 40%
+    assert (long_phases["dense_steps"], long_config.warmup_steps, long_phases["freeze_after_steps"]) == (90, 15, 120)
+    fixed = recipes.L0Schedule(dense=0.2, gate_lr=0.3, reset_optimizer_at_freeze=False)  # explicit values win
+    config_fixed, phases_fixed = recipes.l0(0.5, 300, schedule=fixed)
+    assert (config_fixed.gate_lr, phases_fixed["dense_steps"], phases_fixed["reset_optimizer_at_freeze"]) == (
+        0.3,
+        60,
         False,
     )
-    fixed = recipes.L0Schedule(gate_lr=0.3, reset_optimizer_at_freeze=True)  # explicit values win
-    assert recipes.l0(0.5, 300, schedule=fixed)[0].gate_lr == 0.3
-    assert recipes.l0(0.5, 300, schedule=fixed)[1]["reset_optimizer_at_freeze"] is True
     PruningTrainerCallback(config_, **phases)  # the HF integration takes the same keywords
     with pytest.raises(lp.PruningConfigError, match="reset_optimizer_at_freeze"):
         lp.PruningCallback(config_, reset_optimizer_at_freeze="yes")

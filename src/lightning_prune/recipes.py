@@ -28,43 +28,43 @@ from lightning_prune.methods.l0 import L0Config
 
 @dataclass(frozen=True)
 class L0Schedule:
-    """Fractions of ``max_steps`` for each phase of :func:`l0` (measured on ``benchmarks/quality.py``).
+    """Phases and learning rates of :func:`l0` (measured on ``benchmarks/quality.py``, issue #18).
 
     Attributes:
-        dense: dense warm-up; with ``init_from_importance`` it also accumulates the units' Fisher scores.
+        dense: dense warm-up, a fraction of ``max_steps``; with ``init_from_importance`` it also accumulates the
+            units' Fisher scores. ``None``: by the run's length (below).
         warmup: target warm-up (the Lagrangian's target rises linearly from 0), counted from the end of the dense
-            phase.
-        freeze: global step (fraction) from which the masks are frozen and the model fine-tunes its final shape.
-        gate_lr: learning rate of the hard-concrete ``log α``; ``None``: by the target warm-up's length (below).
-        lagrangian_lr: learning rate of λ1, λ2 (gradient ascent); ``None``: by the warm-up's length.
-        reset_optimizer_at_freeze: fresh optimizer state for the model's weights when the masks freeze; ``None``: by
-            the warm-up's length.
-        short_warmup: a target warm-up of fewer steps than this is "short".
+            phase; ``None``: by the run's length.
+        freeze: global step (fraction) from which the masks are frozen and the model fine-tunes its final shape;
+            ``None``: by the run's length.
+        gate_lr: learning rate of the hard-concrete ``log α``.
+        lagrangian_lr: learning rate of λ1, λ2 (gradient ascent).
+        reset_optimizer_at_freeze: fresh optimizer state for the model's weights when the masks freeze.
+        long_run: runs of at least this many steps get the long-run phases.
 
-    The rates depend on the warm-up's length because with Adam a gate moves about ``gate_lr`` per step and λ about
-    ``lagrangian_lr``: in a short warm-up, 0.1 / 0.01 cannot follow the target (MiniLM, 30-step warm-up: expected
-    sparsity 0.06 when the target had reached 0.32, so the exact-target cut at the freeze did all the pruning in one
-    step), and 0.5 / 0.5 with a fresh optimizer state at the freeze was best over three seeds (quick budget, 50%:
-    0.492 vs 0.455). In a long one the fast rates only add noise: 90-step warm-up, 50%, three seeds, 0.538 vs 0.550
-    for 0.1 / 0.01 without the reset (issue #18, docs/benchmarks.md). Both points are measured; between them the
-    threshold is a choice, not a measurement.
+    Short runs (under ``long_run`` steps): dense 10%, target warm-up 30%, freeze at 50%. Long runs: dense 30%,
+    warm-up 5%, freeze at 40% — the importance-initialised gates start where a one-shot cut at the two-stage
+    pipeline's step would, and a short learned phase refines them. Gate and λ learning rates 0.5: with Adam a gate
+    moves about ``gate_lr`` per step and λ about ``lagrangian_lr``, and at 0.1 / 0.01 the gates could not follow a
+    30-step warm-up (expected sparsity 0.06 when the target had reached 0.32: the exact-target cut at the freeze
+    did all the pruning in one step). Measured, MiniLM at 50%, three seeds: 100 steps, short phases 0.492 (old
+    rates, no reset: 0.455); 300 steps, long phases 0.560 (short phases at the old rates 0.550, at the fast
+    rates 0.538; the two-stage pipeline 0.574). See docs/benchmarks.md.
     """
 
-    dense: float = 0.1
-    warmup: float = 0.3
-    freeze: float = 0.5
-    gate_lr: float | None = None
-    lagrangian_lr: float | None = None
-    reset_optimizer_at_freeze: bool | None = None
-    short_warmup: int = 60
+    dense: float | None = None
+    warmup: float | None = None
+    freeze: float | None = None
+    gate_lr: float = 0.5
+    lagrangian_lr: float = 0.5
+    reset_optimizer_at_freeze: bool = True
+    long_run: int = 200
 
-    def rates(self, warmup_steps: int) -> tuple[float, float, bool]:
-        """``(gate_lr, lagrangian_lr, reset_optimizer_at_freeze)`` for a target warm-up of ``warmup_steps``."""
-        short = warmup_steps < self.short_warmup
-        gate_lr = self.gate_lr if self.gate_lr is not None else (0.5 if short else 0.1)
-        lagrangian_lr = self.lagrangian_lr if self.lagrangian_lr is not None else (0.5 if short else 0.01)
-        reset = self.reset_optimizer_at_freeze if self.reset_optimizer_at_freeze is not None else short
-        return gate_lr, lagrangian_lr, reset
+    def fractions(self, max_steps: int) -> tuple[float, float, float]:
+        """``(dense, warmup, freeze)`` fractions for a run of ``max_steps``."""
+        default = (0.3, 0.05, 0.4) if max_steps >= self.long_run else (0.1, 0.3, 0.5)
+        chosen = (self.dense, self.warmup, self.freeze)
+        return tuple(c if c is not None else d for c, d in zip(chosen, default))  # type: ignore[return-value]
 
 
 #: The schedule :func:`l0` uses unless told otherwise.
@@ -100,23 +100,23 @@ def l0(
             f"`max_steps` must be an int >= 4 (dense warm-up, pruning and frozen fine-tuning each need steps), got "
             f"{max_steps!r}."
         )
-    dense = max(1, int(max_steps * schedule.dense))
-    freeze = max(dense + 2, int(max_steps * schedule.freeze))
-    warmup = max(1, min(int(max_steps * schedule.warmup), freeze - dense))
-    gate_lr, lagrangian_lr, reset = schedule.rates(warmup)
+    dense_fraction, warmup_fraction, freeze_fraction = schedule.fractions(max_steps)
+    dense = max(1, int(max_steps * dense_fraction))
+    freeze = max(dense + 2, int(max_steps * freeze_fraction))
+    warmup = max(1, min(int(max_steps * warmup_fraction), freeze - dense))
     fields = dict(
         target_sparsity=target_sparsity,
         structures=tuple(structures),
         warmup_steps=warmup,
-        gate_lr=gate_lr,
-        lagrangian_lr=lagrangian_lr,
+        gate_lr=schedule.gate_lr,
+        lagrangian_lr=schedule.lagrangian_lr,
         init_from_importance=True,
     )
     fields.update(config_fields)
     phases = {
         "dense_steps": dense,
         "freeze_after_steps": freeze,
-        "reset_optimizer_at_freeze": reset,
+        "reset_optimizer_at_freeze": schedule.reset_optimizer_at_freeze,
     }
     return L0Config(**fields), phases
 
