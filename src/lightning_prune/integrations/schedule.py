@@ -118,7 +118,10 @@ class PhaseSchedule:
         pruner = self._pruner
         if pruner is None or getattr(pruner.config, "gate_kind", None) != "hard_concrete":
             return None
-        expected = float(pruner.expected_sparsity())
+        import torch  # local: keeps this module import-light
+
+        with torch.no_grad():  # a number to report, not a graph (and no "requires_grad to scalar" warning)
+            expected = float(pruner.expected_sparsity())
         target = float(pruner.current_target())
         if target - expected <= self.FREEZE_LAG:
             return None
