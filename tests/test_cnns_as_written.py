@@ -20,6 +20,7 @@ from torchvision_style_models import (
     calibrated,
     sequential_cnn,
     sequential_mlp,
+    train_gates,
 )
 
 import lightning_prune as lp
@@ -64,16 +65,7 @@ def test_attach_train_export_roundtrip(tmp_path, case, method):
     model = _build(factory, inputs, seed=0)
     pruner = lp.attach(model, METHODS[method](), example_inputs=inputs(2, 1))
     assert overwritten <= pruner.adapter.overwritten
-    model.train()
-    optimizer = torch.optim.SGD(pruner.param_groups(lr=0.01), lr=0.01)
-    pruner.hook_optimizer(optimizer)
-    before = {n: p.detach().clone() for n, p in pruner.gates.named_parameters()}
-    for step in range(3):  # the backward runs through every in-place op after a mask
-        loss = model(inputs(8, 10 + step)).square().mean() + pruner.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert any(not torch.equal(p, before[n]) for n, p in pruner.gates.named_parameters()), "gates never trained"
+    train_gates(model, pruner, [inputs(8, 10 + step) for step in range(3)])
 
     model.eval()
     randomize_gates(pruner, seed=2)

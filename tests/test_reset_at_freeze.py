@@ -21,26 +21,35 @@ def _adam_steps(optimizer: torch.optim.Optimizer, params) -> set[int]:
     return {int(optimizer.state[p]["step"]) for p in params if p in optimizer.state}
 
 
-@pytest.mark.parametrize("reset", [True, False])
-def test_lightning_callback_resets_the_weights_state_once_at_the_freeze(reset):
-    module = lit_llama()
-    callback = lp.PruningCallback(
-        config(),
-        dense_steps=2,
+def _callback(pruning_config=None, dense_steps: int = 2, **kwargs) -> lp.PruningCallback:
+    """The callback of these tests: masks frozen at ``FREEZE``, nothing plotted or logged."""
+    return lp.PruningCallback(
+        pruning_config or config(),
+        dense_steps=dense_steps,
         freeze_after_steps=FREEZE,
         plot=False,
         log_stats=False,
         prog_bar=False,
-        reset_optimizer_at_freeze=reset,
+        **kwargs,
     )
+
+
+def _weights(model: torch.nn.Module, pruner) -> list[torch.nn.Parameter]:
+    """The model's trainable weights, without the pruning state's gates and multipliers."""
+    ours = {id(p) for p in pruner.state.parameters()}
+    return [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_lightning_callback_resets_the_weights_state_once_at_the_freeze(reset):
+    module = lit_llama()
+    callback = _callback(reset_optimizer_at_freeze=reset)
     fit = trainer(STEPS, [callback])
     fit.fit(module, loader())
     optimizer = fit.optimizers[0]
     pruner = callback.pruner
-    ours = {id(p) for p in pruner.state.parameters()}
-    weights = [p for p in module.parameters() if id(p) not in ours and p.requires_grad]
     # Adam's step count of a weight: steps since its state was created
-    assert _adam_steps(optimizer, weights) == ({STEPS - FREEZE} if reset else {STEPS})
+    assert _adam_steps(optimizer, _weights(module, pruner)) == ({STEPS - FREEZE} if reset else {STEPS})
     assert _adam_steps(optimizer, pruner.gate_parameters()) == {STEPS}  # gates and λ keep theirs
 
 
@@ -49,15 +58,7 @@ def test_lightning_resume_after_the_freeze_keeps_the_restored_state(tmp_path):
 
     def run(max_steps: int, ckpt=None):
         module = lit_llama()
-        callback = lp.PruningCallback(
-            config(),
-            dense_steps=2,
-            freeze_after_steps=FREEZE,
-            plot=False,
-            log_stats=False,
-            prog_bar=False,
-            reset_optimizer_at_freeze=True,
-        )
+        callback = _callback(reset_optimizer_at_freeze=True)
         fit = trainer(max_steps, [callback], enable_checkpointing=True, default_root_dir=tmp_path)
         fit.fit(module, loader(), ckpt_path=ckpt)
         return fit, module, callback
@@ -66,9 +67,7 @@ def test_lightning_resume_after_the_freeze_keeps_the_restored_state(tmp_path):
     ckpt = tmp_path / "after_freeze.ckpt"
     first.save_checkpoint(ckpt)
     resumed, module, callback = run(STEPS, ckpt)
-    ours = {id(p) for p in callback.pruner.state.parameters()}
-    weights = [p for p in module.parameters() if id(p) not in ours and p.requires_grad]
-    assert _adam_steps(resumed.optimizers[0], weights) == {STEPS - FREEZE}
+    assert _adam_steps(resumed.optimizers[0], _weights(module, callback.pruner)) == {STEPS - FREEZE}
 
 
 def test_hf_trainer_resets_the_weights_state_at_the_freeze(tmp_path):
@@ -91,9 +90,7 @@ def test_hf_trainer_resets_the_weights_state_at_the_freeze(tmp_path):
     data = [{"input_ids": row, "labels": row} for row in ids]
     hf = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     hf.train()
-    ours = {id(p) for p in hf.pruner.state.parameters()}
-    weights = [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
-    assert _adam_steps(hf.optimizer, weights) == {STEPS - FREEZE}
+    assert _adam_steps(hf.optimizer, _weights(model, hf.pruner)) == {STEPS - FREEZE}
     assert _adam_steps(hf.optimizer, hf.pruner.gate_parameters()) == {STEPS}
 
 
@@ -123,14 +120,7 @@ def test_freezing_far_from_the_target_warns_with_the_fix(slow):
     import warnings
 
     overrides = dict(gate_lr=1e-4, lagrangian_lr=1e-4) if slow else dict(target_sparsity=0.05)
-    callback = lp.PruningCallback(
-        config(warmup_steps=2, **overrides),
-        dense_steps=1,
-        freeze_after_steps=FREEZE,
-        plot=False,
-        log_stats=False,
-        prog_bar=False,
-    )
+    callback = _callback(config(warmup_steps=2, **overrides), dense_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(STEPS, [callback]).fit(lit_llama(), loader())
@@ -145,13 +135,8 @@ def test_ste_mask_is_projected_onto_the_target_at_the_freeze_and_exported_as_tra
     """STE gates that the Lagrangian has not brought to the target (tiny learning rates) meet it from the freeze on;
     the frozen phase trains with the projected mask, and the export is that mask."""
     target = 0.4
-    callback = lp.PruningCallback(
-        lp.STEConfig(target_sparsity=target, structures=("heads", "ffn"), warmup_steps=2, gate_lr=1e-5),
-        dense_steps=1,
-        freeze_after_steps=FREEZE,
-        plot=False,
-        log_stats=False,
-        prog_bar=False,
+    callback = _callback(
+        lp.STEConfig(target_sparsity=target, structures=("heads", "ffn"), warmup_steps=2, gate_lr=1e-5), dense_steps=1
     )
     trainer(STEPS, [callback]).fit(lit_llama(), loader())
     pruner = callback.pruner

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import randomize_gates
+from lightning_helpers import trainer
 from torch import nn
 from torchvision_import import import_torchvision
-from torchvision_style_models import calibrated
+from torchvision_style_models import calibrated, train_gates
 
 import lightning_prune as lp
 from lightning_prune.export.history import load_pruned, save_pruned
@@ -60,16 +61,7 @@ def test_torchvision_model_trains_and_exports_exactly(tmp_path, case, method):
     assert CASES[case][1] <= pruner.adapter.overwritten
     # a handful of cost terms per layer, never one per channel pair (ResNet-50's 26M pairs took minutes to attach)
     assert len(pruner.cost.terms) <= 8 * sum(1 for _ in model.modules())
-    model.train()
-    optimizer = torch.optim.SGD(pruner.param_groups(lr=0.01), lr=0.01)
-    pruner.hook_optimizer(optimizer)
-    before = {n: p.detach().clone() for n, p in pruner.gates.named_parameters()}
-    for step in range(2):  # the backward runs through every in-place op after a mask
-        loss = model(_images(4, 10 + step)).square().mean() + pruner.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert any(not torch.equal(p, before[n]) for n, p in pruner.gates.named_parameters()), "gates never trained"
+    train_gates(model, pruner, [_images(4, 10 + step) for step in range(2)])
 
     model.eval()
     randomize_gates(pruner, seed=2)
@@ -138,16 +130,7 @@ def test_torchvision_resnet18_with_the_lightning_callback(tmp_path):
         example_inputs=_images(2, 1),
     )
     module = Classifier()
-    trainer = L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(module, loader)
+    trainer(6, [callback]).fit(module, loader)
     report = callback.pruner.last_report
     assert report.params_after < report.params_before
     assert report.max_abs_diff <= 1e-4 * report.reference_scale

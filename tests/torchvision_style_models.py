@@ -184,3 +184,18 @@ def calibrated(model: nn.Module, inputs: torch.Tensor, seed: int = 0) -> nn.Modu
         for module in norms:
             module.momentum = 0.1
     return model.eval()
+
+
+def train_gates(model: nn.Module, pruner, batches) -> None:
+    """A few SGD steps on ``(model(x)² + penalty)`` through the pruner's groups; asserts that the gates moved (the
+    backward ran through every mask site, in-place activations included)."""
+    model.train()
+    optimizer = torch.optim.SGD(pruner.param_groups(lr=0.01), lr=0.01)
+    pruner.hook_optimizer(optimizer)
+    before = {n: p.detach().clone() for n, p in pruner.gates.named_parameters()}
+    for x in batches:
+        loss = model(x).square().mean() + pruner.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert any(not torch.equal(p, before[n]) for n, p in pruner.gates.named_parameters()), "gates never trained"

@@ -43,9 +43,8 @@ from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.export.per_layer import (
-    PerLayerFamily,
     build_per_layer_model,
-    register_per_layer_family,
+    register_per_layer_families,
     without_export_keys,
 )
 from lightning_prune.structures import StructureSpec
@@ -67,13 +66,12 @@ def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]
     return cfg
 
 
-for _model_type, _prefix in BERT_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(
-            _prefix, "modeling_bert_template.py.txt", ("ForSequenceClassification", "Model"), _per_layer_config
-        ),
-    )
+register_per_layer_families(
+    BERT_FAMILIES,
+    "modeling_bert_template.py.txt",
+    ("ForSequenceClassification", "Model"),
+    _per_layer_config,
+)
 
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 _SUPPORTED_KINDS = ("ForSequenceClassification", "Model")

@@ -44,9 +44,8 @@ from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.export.per_layer import (
-    PerLayerFamily,
     build_per_layer_model,
-    register_per_layer_family,
+    register_per_layer_families,
     without_export_keys,
 )
 from lightning_prune.structures import StructureSpec
@@ -66,16 +65,12 @@ def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]
     return cfg
 
 
-for _model_type, _prefix in GPT2_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(
-            _prefix,
-            "modeling_gpt2_template.py.txt",
-            ("LMHeadModel", "ForSequenceClassification", "Model"),
-            _per_layer_config,
-        ),
-    )
+register_per_layer_families(
+    GPT2_FAMILIES,
+    "modeling_gpt2_template.py.txt",
+    ("LMHeadModel", "ForSequenceClassification", "Model"),
+    _per_layer_config,
+)
 
 _SUPPORTED_CLASSES = ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2Model")
 _PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

@@ -40,9 +40,8 @@ from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.export.per_layer import (
-    PerLayerFamily,
     build_per_layer_model,
-    register_per_layer_family,
+    register_per_layer_families,
     without_export_keys,
 )
 from lightning_prune.ops import set_kept_count
@@ -62,16 +61,12 @@ def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]
     return cfg
 
 
-for _model_type, _prefix in LLAMA_FAMILIES.items():
-    register_per_layer_family(
-        _model_type,
-        PerLayerFamily(
-            _prefix,
-            "modeling_template.py.txt",
-            ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
-            _per_layer_config,
-        ),
-    )
+register_per_layer_families(
+    LLAMA_FAMILIES,
+    "modeling_template.py.txt",
+    ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
+    _per_layer_config,
+)
 
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 

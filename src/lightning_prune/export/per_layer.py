@@ -79,6 +79,15 @@ def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
     _FAMILIES[model_type] = family
 
 
+def register_per_layer_families(
+    families: dict[str, str], template: str, kinds: tuple[str, ...], nominal_config: NominalConfig
+) -> None:
+    """:func:`register_per_layer_family` for every ``{model_type: class_prefix}`` of one family's adapter (they share
+    the template, the kinds and the nominal config)."""
+    for model_type, class_prefix in families.items():
+        register_per_layer_family(model_type, PerLayerFamily(class_prefix, template, kinds, nominal_config))
+
+
 def _template_path(template: str) -> Path:
     path = Path(template)
     return path if path.is_absolute() else Path(__file__).with_name(template)

@@ -41,7 +41,6 @@ from lightning_prune.errors import PruningConfigError
 from lightning_prune.integrations.optim import (
     extend_schedulers_,
     regroup_optimizer_,
-    reset_model_state_,
     set_group_learning_rates_,
 )
 from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, config_mismatch, gate_shapes, run_record
@@ -215,14 +214,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
-            if phase == "frozen" and self._phase == "prune" and global_step == self.freeze_after_steps:
-                lag = self.freeze_lag_warning()
-                if lag is not None:
-                    warnings.warn(lag, stacklevel=2)
-                self._pruner.config.on_freeze(self._pruner)
-            if self._resets_at(phase, global_step):
-                cleared = reset_model_state_(self._optimizer, self._pruner)
-                log.info("lightning-prune: masks frozen; optimizer state of %d parameters reset", cleared)
+            self._at_freeze(phase, global_step, lambda message: warnings.warn(message, stacklevel=3), log.info)
         self._phase = phase
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps seeing
         # them used (the penalty is 0·Σ gates outside the prune phase).

@@ -43,7 +43,6 @@ from lightning_prune.integrations.fsdp import sharding_of
 from lightning_prune.integrations.optim import (
     extend_schedulers_,
     regroup_optimizer_,
-    reset_model_state_,
     set_group_learning_rates_,
 )
 from lightning_prune.integrations.resume import (  # noqa: F401  (config_fingerprint: imported from here before)
@@ -367,14 +366,7 @@ class PruningCallback(Callback, PhaseSchedule):
             rank_zero_info(f"lightning-prune: phase '{self._phase}' -> '{phase}' at global step {global_step}")
             if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
                 self._pruner.maybe_init_gates_from_importance_()
-            if phase == "frozen" and self._phase == "prune" and global_step == self.freeze_after_steps:
-                lag = self.freeze_lag_warning()
-                if lag is not None:
-                    rank_zero_warn(lag)
-                self._pruner.config.on_freeze(self._pruner)
-            if self._resets_at(phase, global_step):
-                cleared = reset_model_state_(self._optimizer, self._pruner)
-                rank_zero_info(f"lightning-prune: masks frozen; optimizer state of {cleared} parameters reset")
+            self._at_freeze(phase, global_step, rank_zero_warn, rank_zero_info)
         self._phase = phase
         self._global_step = global_step
         # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,16 +134,29 @@ class PhaseSchedule:
             "`warmup_steps`."
         )
 
-    def _resets_at(self, phase: str, global_step: int) -> bool:
-        """Whether the optimizer state is reset now: ``reset_optimizer_at_freeze`` and the step where the masks freeze
-        (exactly that step, so a run resumed later never resets a restored state; one resumed at that step resets,
-        as the uninterrupted run did)."""
-        return (
-            getattr(self, "reset_optimizer_at_freeze", False)
-            and phase == "frozen"
-            and global_step == self.freeze_after_steps
-            and getattr(self, "_optimizer", None) is not None
-        )
+    def _at_freeze(
+        self, phase: str, global_step: int, warn: Callable[[str], None], info: Callable[[str], None]
+    ) -> None:
+        """What happens once, when the masks freeze (called on a phase change, before ``_phase`` moves on).
+
+        At exactly step ``freeze_after_steps`` (a run resumed later does nothing again; one resumed at that step does
+        what the uninterrupted run did): coming from ``prune``, warn when the gates lag the target
+        (:meth:`freeze_lag_warning`) and let the method correct its mask (``config.on_freeze``); with
+        ``reset_optimizer_at_freeze``, forget the optimizer state of the model's weights.
+        """
+        if phase != "frozen" or global_step != self.freeze_after_steps:
+            return
+        if self._phase == "prune":
+            lag = self.freeze_lag_warning()
+            if lag is not None:
+                warn(lag)
+            self._pruner.config.on_freeze(self._pruner)
+        optimizer = getattr(self, "_optimizer", None)
+        if getattr(self, "reset_optimizer_at_freeze", False) and optimizer is not None:
+            from lightning_prune.integrations.optim import reset_model_state_  # local: keeps this module import-light
+
+            cleared = reset_model_state_(optimizer, self._pruner)
+            info(f"lightning-prune: masks frozen; optimizer state of {cleared} parameters reset")
 
     def schedule_warning(self, total_steps: int | None, where: str = "max_steps") -> str | None:
         """A warning for a run whose last step falls inside the dense warm-up (``None`` when it reaches pruning).
