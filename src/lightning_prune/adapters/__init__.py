@@ -27,7 +27,7 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 A = TypeVar("A", bound=type[ModelAdapter])
 
 REGISTER_HINT = (
-    "To support it, subclass lightning_prune.adapters.ModelAdapter (see lightning_prune/adapters/llama.py "
+    "To support it, subclass lightning_prune.adapters.ModelAdapter (see lightning_prune/adapters/llama/ "
     "for a complete example, docs/adapters.md for a walk-through) and decorate it with "
     "@lightning_prune.register_adapter('<name>'). For a plain CNN/MLP, pass example inputs to trace its channels "
     "with torch-pruning: attach(model, config, example_inputs=torch.randn(1, 3, 32, 32)), or "
@@ -79,7 +79,7 @@ def _supported_families() -> str:
 
 
 from lightning_prune.adapters.bert import BertAdapter  # noqa: E402
-from lightning_prune.adapters.dependency_graph import DependencyGraphAdapter  # noqa: E402
+from lightning_prune.adapters.depgraph import DependencyGraphAdapter  # noqa: E402
 from lightning_prune.adapters.gpt2 import GPT2Adapter  # noqa: E402
 from lightning_prune.adapters.llama import LlamaAdapter  # noqa: E402
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightning_prune.adapters.dependency_graph import HISTORY_ATTRIBUTE, _as_tuple, with_versions
+from lightning_prune.adapters.depgraph.adapter import HISTORY_ATTRIBUTE, _as_tuple, with_versions
 from lightning_prune.errors import ExportMismatchError
 
 __all__ = ["HISTORY_ATTRIBUTE", "HISTORY_FILENAME", "WEIGHTS_FILENAME", "load_pruned", "save_pruned"]

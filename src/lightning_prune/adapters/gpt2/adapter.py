@@ -38,7 +38,7 @@ from lightning_prune.adapters.base import (
     block_structures,
     plain_parameter_sizes,
 )
-from lightning_prune.adapters.bert import masked_layer_norm
+from lightning_prune.adapters.bert.adapter import masked_layer_norm
 from lightning_prune.adapters.hooks import install_block_hooks
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm, Dim
