@@ -57,6 +57,22 @@ def _shapes(inputs: Sequence[torch.Tensor]) -> str:
     return ", ".join(str(tuple(t.shape)) for t in inputs)
 
 
+def example_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``example_inputs`` as the tuple of tensors a tracer passes to the model positionally.
+
+    Raises:
+        PruningConfigError: neither a tensor nor a non-empty sequence of tensors.
+    """
+    if torch.is_tensor(example_inputs):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence) and example_inputs and all(torch.is_tensor(t) for t in example_inputs):
+        return tuple(example_inputs)
+    raise PruningConfigError(
+        "`example_inputs` must be a tensor or a tuple of tensors the model accepts positionally, e.g. "
+        f"torch.randn(1, 3, 32, 32); got {type(example_inputs).__name__}."
+    )
+
+
 def check_example_inputs_run(model: nn.Module, example_inputs: Any) -> None:
     """Run ``model`` once on ``example_inputs`` (eval mode, no grad) before a tracer sees them, so that inputs of the
     wrong shape fail with the model's own error and the shapes given, not with an error inside the tracer."""

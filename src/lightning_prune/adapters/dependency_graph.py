@@ -5,21 +5,16 @@ from __future__ import annotations
 
 # ruff: noqa: F401
 # (re-exports)
-from lightning_prune.adapters.depgraph.adapter import (
+from lightning_prune.adapters.depgraph import HISTORY_ATTRIBUTE, STRUCTURE, DependencyGraphAdapter, with_versions
+from lightning_prune.adapters.depgraph.cost_terms import _split, _subset_terms
+from lightning_prune.adapters.depgraph.graph import (
     _NORMS,
     _WEIGHTED,
-    HISTORY_ATTRIBUTE,
-    STRUCTURE,
-    DependencyGraphAdapter,
-    _as_tuple,
     _channel_dim,
-    _fold,
-    _split,
-    _subset_terms,
     _supported_group,
-    _weightless_copy,
     build_graph,
     channel_groups,
     prune_by_groups,
-    with_versions,
 )
+from lightning_prune.adapters.depgraph.surgery import _fold, _weightless_copy
+from lightning_prune.contracts import example_input_tuple as _as_tuple

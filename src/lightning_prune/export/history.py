@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightning_prune.adapters.depgraph.adapter import HISTORY_ATTRIBUTE, _as_tuple, with_versions
+from lightning_prune.contracts import example_input_tuple
 from lightning_prune.errors import ExportMismatchError
 
 __all__ = ["HISTORY_ATTRIBUTE", "HISTORY_FILENAME", "WEIGHTS_FILENAME", "load_pruned", "save_pruned"]
 HISTORY_FILENAME = "pruning_history.json"
 WEIGHTS_FILENAME = "model.safetensors"
+#: Attribute of a compact traced model holding its pruning history (set by the dependency_graph adapter's export).
+HISTORY_ATTRIBUTE = "lightning_prune_history"
+
+
+def with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """``state`` carrying ``model``'s per-module state-dict versions (``_metadata``), which modules that check their
+    version on load (torchvision's MNASNet) need; a dict rebuilt from tensors (safetensors, merging) has none."""
+    out = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    return out
 
 
 def save_pruned(model: nn.Module, path: str | Path) -> Path:
@@ -82,7 +93,7 @@ def load_pruned(path: str | Path, model_factory: Callable[[], nn.Module], exampl
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=_as_tuple(example_inputs), verbose=False
+                model, example_inputs=example_input_tuple(example_inputs), verbose=False
             )
         graph.load_pruning_history([tuple(h) for h in record["history"]])
         model.load_state_dict(with_versions(state, model), strict=True)

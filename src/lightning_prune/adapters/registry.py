@@ -1,0 +1,70 @@
+"""The adapter registry: :func:`register_adapter`, :func:`resolve_adapter`, :func:`available_adapters`.
+
+Each family package (``adapters/llama/``, ``adapters/bert/``, ...) registers its adapter when it is imported; the
+order of registration is the order ``lightning_prune.adapters`` imports them, and later registrations are tried first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import nn
+
+from lightning_prune.adapters.base import ModelAdapter
+from lightning_prune.errors import UnsupportedModelError
+
+_ADAPTERS: dict[str, type[ModelAdapter]] = {}
+
+A = TypeVar("A", bound=type[ModelAdapter])
+
+REGISTER_HINT = (
+    "To support it, subclass lightning_prune.adapters.ModelAdapter (see lightning_prune/adapters/llama/ "
+    "for a complete example, docs/adapters.md for a walk-through) and decorate it with "
+    "@lightning_prune.register_adapter('<name>'). For a plain CNN/MLP, pass example inputs to trace its channels "
+    "with torch-pruning: attach(model, config, example_inputs=torch.randn(1, 3, 32, 32)), or "
+    "PruningCallback(config, example_inputs=...) in Lightning."
+)
+
+
+def register_adapter(name: str) -> Callable[[A], A]:
+    """Class decorator that registers a :class:`ModelAdapter` under ``name``. Later registrations are
+    tried first, so a user adapter can take over a family the library already knows."""
+
+    def wrap(cls: A) -> A:
+        if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+            raise TypeError(f"register_adapter expects a ModelAdapter subclass, got {cls!r}.")
+        if name in _ADAPTERS and _ADAPTERS[name] is not cls:
+            raise ValueError(f"An adapter named {name!r} is already registered ({_ADAPTERS[name].__name__}).")
+        cls.name = name
+        _ADAPTERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_adapters() -> list[str]:
+    return list(_ADAPTERS)
+
+
+def resolve_adapter(model: nn.Module, name: str | None = None) -> type[ModelAdapter]:
+    """The adapter class for ``model`` (or the one registered as ``name``)."""
+    if name is not None:
+        if name not in _ADAPTERS:
+            raise UnsupportedModelError(f"No adapter named {name!r}. Registered adapters: {list(_ADAPTERS)}.")
+        return _ADAPTERS[name]
+    for cls in reversed(list(_ADAPTERS.values())):
+        if cls.matches(model):
+            return cls
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    raise UnsupportedModelError(
+        f"No registered adapter handles {type(model).__name__} (model_type={model_type!r}). "
+        f"Registered adapters: {list(_ADAPTERS)} ({_supported_families()}). {REGISTER_HINT}"
+    )
+
+
+def _supported_families() -> str:
+    families = []
+    for cls in _ADAPTERS.values():
+        families.extend(getattr(cls, "model_types", ()))
+    return "model types: " + ", ".join(families) if families else "no families"
