@@ -1,12 +1,16 @@
 """Per-layer (non-uniform) exports: a config subclass with ``layer_shapes`` and a small modeling file.
 
-The modeling file is rendered from a template for the model's family (``modeling_template.py.txt`` for
-the Llama family, ``modeling_bert_template.py.txt`` for BERT/RoBERTa, ``modeling_gpt2_template.py.txt``
-for GPT-2) and written into the export
-directory, so the export loads with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)``
-without lightning-prune installed. Inside lightning-prune the same rendered source is imported from
-memory (:func:`per_layer_module`), so :func:`~lightning_prune.load_compact` never executes code from the
-export directory.
+The modeling file is rendered from a template for the model's family and written into the export directory, so
+the export loads with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)`` without lightning-prune
+installed. Inside lightning-prune the same rendered source is imported from memory (:func:`per_layer_module`), so
+:func:`~lightning_prune.load_compact` never executes code from the export directory.
+
+A built-in family's template is a real module in its folder (``adapters/llama/modeling_per_layer.py``,
+``adapters/bert/...``, ``adapters/gpt2/...``), written for one model type of the family (``LlamaConfig``,
+``transformers.models.llama``): linted, imported by the tests, and self-contained (torch and transformers only).
+Rendering replaces those names (:attr:`PerLayerFamily.template_names`) with another model type's
+(``Qwen2Config``, ``transformers.models.qwen2``). A template may also use the placeholders ``__FAMILY__`` and
+``__MODULE__`` (the default ``template_names``), as third-party ``.py.txt`` templates do.
 
 Each transformers ``model_type`` that can be exported per layer has a :class:`PerLayerFamily` in a small
 registry (:func:`register_per_layer_family`): its template, the class-name prefix substituted into it,
@@ -18,6 +22,7 @@ parent class's checks; the per-layer shapes then override them).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -48,18 +53,23 @@ class PerLayerFamily:
     """How one transformers ``model_type`` is exported with per-layer shapes.
 
     Attributes:
-        class_prefix: the family's class-name prefix (``"Llama"`` for ``LlamaConfig``), substituted for
-            ``__FAMILY__`` in the template; ``__MODULE__`` becomes the model_type.
-        template: the modeling template: a path, or a file name next to this module.
+        class_prefix: the family's class-name prefix (``"Llama"`` for ``LlamaConfig``), substituted for the
+            template's class-name prefix (``template_names[0]``); the model_type replaces ``template_names[1]``.
+        template: path of the modeling template (absolute; a relative path is taken from the ``lightning_prune``
+            package directory).
         kinds: class-name suffixes the template defines (``"ForSequenceClassification"``, ``"Model"``, ...).
         nominal_config: maps ``(original config dict, layer_shapes)`` to the kwargs of the per-layer config
             (nominal sizes that pass the parent config's and modules' checks).
+        template_names: the class-name prefix and the transformers module name the template is written with:
+            ``("Llama", "llama")`` for a template that is a real module of the Llama family, or the placeholders
+            ``("__FAMILY__", "__MODULE__")``.
     """
 
     class_prefix: str
     template: str
     kinds: tuple[str, ...]
     nominal_config: NominalConfig
+    template_names: tuple[str, str] = ("__FAMILY__", "__MODULE__")
 
 
 _FAMILIES: dict[str, PerLayerFamily] = {}
@@ -67,7 +77,7 @@ _FAMILIES: dict[str, PerLayerFamily] = {}
 
 def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
     """Make ``model_type`` exportable with per-layer shapes (a new family is one template + one call, made by the
-    family's adapter module when it is imported). ``family.template`` is a path, or a file name next to this module.
+    family's adapter package when it is imported). ``family.template`` is a path (see :class:`PerLayerFamily`).
     """
     if not _template_path(family.template).exists():
         raise FileNotFoundError(
@@ -80,17 +90,22 @@ def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
 
 
 def register_per_layer_families(
-    families: dict[str, str], template: str, kinds: tuple[str, ...], nominal_config: NominalConfig
+    families: dict[str, str],
+    template: str,
+    kinds: tuple[str, ...],
+    nominal_config: NominalConfig,
+    template_names: tuple[str, str] = ("__FAMILY__", "__MODULE__"),
 ) -> None:
     """:func:`register_per_layer_family` for every ``{model_type: class_prefix}`` of one family's adapter (they share
     the template, the kinds and the nominal config)."""
     for model_type, class_prefix in families.items():
-        register_per_layer_family(model_type, PerLayerFamily(class_prefix, template, kinds, nominal_config))
+        spec = PerLayerFamily(class_prefix, template, kinds, nominal_config, template_names)
+        register_per_layer_family(model_type, spec)
 
 
 def _template_path(template: str) -> Path:
     path = Path(template)
-    return path if path.is_absolute() else Path(__file__).with_name(template)
+    return path if path.is_absolute() else Path(__file__).parent.parent / template
 
 
 def per_layer_family(model_type: str) -> PerLayerFamily:
@@ -111,7 +126,11 @@ def render_modeling_source(family: str) -> str:
     """The modeling file's source for ``family`` (a transformers model_type such as ``"llama"``)."""
     spec = per_layer_family(family)
     template = _template_path(spec.template).read_text()
-    return template.replace("__FAMILY__", spec.class_prefix).replace("__MODULE__", family)
+    prefix, module = spec.template_names
+    names = {prefix: spec.class_prefix, module: family}
+    # one pass: a replacement is never replaced again ("Bert" -> "Roberta" contains "bert")
+    pattern = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.sub(pattern, lambda match: names[match.group(0)], template)
 
 
 @functools.cache

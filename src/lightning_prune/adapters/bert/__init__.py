@@ -19,14 +19,17 @@ hook on a LoRA-wrapped projection masks the merged ``(W + BA)`` path, which is w
 
 Exports are standard ``Bert*``/``Roberta*`` models when the standard config can express them (uniform
 FFN pruning; ``hidden_size / num_attention_heads`` must stay the original head size and the pooler must
-stay square), and per-layer classes (``modeling_bert_template.py.txt``) otherwise.
+stay square), and per-layer classes (:mod:`.modeling_per_layer`) otherwise.
 
 The package: :mod:`.adapter` (the adapter class), :mod:`.config`, :mod:`.cost_terms`, :mod:`.hooks`,
-:mod:`.surgery` (the export's state-dict surgery). Importing it registers the adapter as ``"bert"`` and the
+:mod:`.surgery` (the export's state-dict surgery), :mod:`.modeling_per_layer` (the per-layer classes of the
+export, a template for every model type of the family). Importing it registers the adapter as ``"bert"`` and the
 per-layer export of every model type in :data:`BERT_FAMILIES`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from lightning_prune.adapters.bert.adapter import BertAdapter
 from lightning_prune.adapters.bert.config import BERT_FAMILIES, _per_layer_config
@@ -36,9 +39,10 @@ from lightning_prune.export.per_layer import register_per_layer_families
 
 register_per_layer_families(
     BERT_FAMILIES,
-    "modeling_bert_template.py.txt",
+    str(Path(__file__).with_name("modeling_per_layer.py")),
     ("ForSequenceClassification", "Model"),
     _per_layer_config,
+    template_names=("Bert", "bert"),  # the names modeling_per_layer.py is written with
 )
 register_adapter("bert")(BertAdapter)
 

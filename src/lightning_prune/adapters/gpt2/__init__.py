@@ -19,14 +19,17 @@ model keeps its classes and peft LoRA wrappers on ``c_attn``/``c_proj``/``c_fc``
 
 Exports are standard ``GPT2*`` models when ``GPT2Config`` can express them (the same heads and FFN channels
 in every layer, ``n_embd / n_head`` equal to the original head size), and per-layer classes
-(``modeling_gpt2_template.py.txt``) otherwise.
+(:mod:`.modeling_per_layer`) otherwise.
 
 The package: :mod:`.adapter` (the adapter class), :mod:`.config`, :mod:`.cost_terms`, :mod:`.hooks`,
-:mod:`.surgery` (the export's state-dict surgery). Importing it registers the adapter as ``"gpt2"`` and the
+:mod:`.surgery` (the export's state-dict surgery), :mod:`.modeling_per_layer` (the per-layer classes of the
+export, a template for every model type of the family). Importing it registers the adapter as ``"gpt2"`` and the
 per-layer export of every model type in :data:`GPT2_FAMILIES`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from lightning_prune.adapters.gpt2.adapter import GPT2Adapter
 from lightning_prune.adapters.gpt2.config import GPT2_FAMILIES, _per_layer_config
@@ -36,9 +39,10 @@ from lightning_prune.export.per_layer import register_per_layer_families
 
 register_per_layer_families(
     GPT2_FAMILIES,
-    "modeling_gpt2_template.py.txt",
+    str(Path(__file__).with_name("modeling_per_layer.py")),
     ("LMHeadModel", "ForSequenceClassification", "Model"),
     _per_layer_config,
+    template_names=("GPT2", "gpt2"),  # the names modeling_per_layer.py is written with
 )
 register_adapter("gpt2")(GPT2Adapter)
 

@@ -17,11 +17,14 @@ a hook on a LoRA-wrapped projection masks the merged ``(W + BA)`` path, which is
   :mod:`lightning_prune.adapters.head_dims`. Their exports always use the per-layer classes.
 
 The package: :mod:`.adapter` (the adapter class), :mod:`.config` (model types, head kinds, configs),
-:mod:`.cost_terms`, :mod:`.hooks`, :mod:`.surgery` (the export's state-dict surgery). Importing it registers the
+:mod:`.cost_terms`, :mod:`.hooks`, :mod:`.surgery` (the export's state-dict surgery), :mod:`.modeling_per_layer`
+(the per-layer classes of the export, a template for every model type of the family). Importing it registers the
 adapter as ``"llama"`` and the per-layer export of every model type in :data:`LLAMA_FAMILIES`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from lightning_prune.adapters.llama.adapter import LlamaAdapter
 from lightning_prune.adapters.llama.config import (
@@ -36,9 +39,10 @@ from lightning_prune.export.per_layer import register_per_layer_families
 
 register_per_layer_families(
     LLAMA_FAMILIES,
-    "modeling_template.py.txt",
+    str(Path(__file__).with_name("modeling_per_layer.py")),
     ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
     _per_layer_config,
+    template_names=("Llama", "llama"),  # the names modeling_per_layer.py is written with
 )
 register_adapter("llama")(LlamaAdapter)
 

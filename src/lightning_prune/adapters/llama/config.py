@@ -18,7 +18,7 @@ LLAMA_FAMILIES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral", "qwen2
 _REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 
 #: Head classes (class-name suffixes after the family prefix) the adapter exports, with the linear head that reads
-#: the final hidden state (``None``: a bare backbone). Every one has a per-layer class in modeling_template.py.txt.
+#: the final hidden state (``None``: a bare backbone). Every one has a per-layer class in modeling_per_layer.py.
 SUPPORTED_KINDS: dict[str, str | None] = {
     "ForCausalLM": "lm_head",
     "ForSequenceClassification": "score",

@@ -105,7 +105,7 @@ def build_llama_compact(
             "num_key_value_heads": n_groups,
             "intermediate_size": int(channels.numel()),
         }
-        if head_dims:  # the per-layer attention reads these (export/modeling_template.py.txt)
+        if head_dims:  # the per-layer attention reads these (modeling_per_layer.py)
             shape.update(qk_dim=int(qk_idx.numel()), v_dim=int(v_idx.numel()), rope_pairs=pairs.tolist())
         layer_shapes.append(shape)
         # A block with nothing left becomes an empty module that keeps only its output bias.

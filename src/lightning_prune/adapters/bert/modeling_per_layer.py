@@ -1,10 +1,10 @@
-"""Per-layer pruned __FAMILY__ encoders, written by lightning-prune (https://github.com/lightning-prune).
+"""Per-layer pruned Bert encoders, written by lightning-prune (https://github.com/lightning-prune).
 
 This file is standalone: it needs only torch and transformers, so a model exported with per-layer
 shapes loads with ``AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)``
 (or ``AutoModel``) on a machine without lightning-prune.
 
-What differs from the stock __FAMILY__ classes (``config.layer_shapes`` is authoritative):
+What differs from the stock Bert classes (``config.layer_shapes`` is authoritative):
 
 * every layer keeps its own number of attention heads (each of ``config.attention_head_size`` dims)
   and FFN channels; ``config.num_attention_heads`` / ``config.intermediate_size`` are nominal;
@@ -16,12 +16,12 @@ What differs from the stock __FAMILY__ classes (``config.layer_shapes`` is autho
 
 import torch
 from torch import nn
-from transformers.models.__MODULE__.configuration___MODULE__ import __FAMILY__Config
-from transformers.models.__MODULE__.modeling___MODULE__ import __FAMILY__ForSequenceClassification, __FAMILY__Model
+from transformers.models.bert.configuration_bert import BertConfig
+from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
 
 
-class Pruned__FAMILY__Config(__FAMILY__Config):
-    model_type = "lightning_prune___MODULE__"
+class PrunedBertConfig(BertConfig):
+    model_type = "lightning_prune_bert"
 
     # Extra keys: layer_shapes (one dict per layer), attention_head_size, pooler_size, add_pooling_layer.
     def __init__(self, layer_shapes=None, **kwargs):
@@ -94,8 +94,8 @@ def _resize_layers(backbone, config):
         backbone.pooler.dense = nn.Linear(d, config.pooler_size)
 
 
-class Pruned__FAMILY__Model(__FAMILY__Model):
-    config_class = Pruned__FAMILY__Config
+class PrunedBertModel(BertModel):
+    config_class = PrunedBertConfig
 
     def __init__(self, config, add_pooling_layer=None):
         if add_pooling_layer is None:
@@ -104,8 +104,8 @@ class Pruned__FAMILY__Model(__FAMILY__Model):
         _resize_layers(self, config)
 
 
-class Pruned__FAMILY__ForSequenceClassification(__FAMILY__ForSequenceClassification):
-    config_class = Pruned__FAMILY__Config
+class PrunedBertForSequenceClassification(BertForSequenceClassification):
+    config_class = PrunedBertConfig
 
     def __init__(self, config):
         super().__init__(config)

@@ -1,10 +1,10 @@
-"""Per-layer pruned __FAMILY__ models, written by lightning-prune (https://github.com/lightning-prune).
+"""Per-layer pruned GPT2 models, written by lightning-prune (https://github.com/lightning-prune).
 
 This file is standalone: it needs only torch and transformers, so a model exported with per-layer
 shapes loads with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` (or
 ``AutoModel`` / ``AutoModelForSequenceClassification``) on a machine without lightning-prune.
 
-What differs from the stock __FAMILY__ classes (``config.layer_shapes`` is authoritative):
+What differs from the stock GPT2 classes (``config.layer_shapes`` is authoritative):
 
 * every layer keeps its own number of attention heads (each of ``config.attention_head_size`` dims)
   and MLP channels; ``config.n_head`` / ``config.n_inner`` are nominal;
@@ -15,17 +15,17 @@ What differs from the stock __FAMILY__ classes (``config.layer_shapes`` is autho
 
 import torch
 from torch import nn
-from transformers.models.__MODULE__.configuration___MODULE__ import __FAMILY__Config
-from transformers.models.__MODULE__.modeling___MODULE__ import (
-    __FAMILY__ForSequenceClassification,
-    __FAMILY__LMHeadModel,
-    __FAMILY__Model,
+from transformers.models.gpt2.configuration_gpt2 import GPT2Config
+from transformers.models.gpt2.modeling_gpt2 import (
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
 )
 from transformers.pytorch_utils import Conv1D
 
 
-class Pruned__FAMILY__Config(__FAMILY__Config):
-    model_type = "lightning_prune___MODULE__"
+class PrunedGPT2Config(GPT2Config):
+    model_type = "lightning_prune_gpt2"
 
     # Extra keys: layer_shapes (one dict per layer), attention_head_size.
     def __init__(self, layer_shapes=None, **kwargs):
@@ -112,24 +112,24 @@ def _resize_layers(backbone, config):
             layer.mlp.c_proj = Conv1D(d, ffn)
 
 
-class Pruned__FAMILY__Model(__FAMILY__Model):
-    config_class = Pruned__FAMILY__Config
+class PrunedGPT2Model(GPT2Model):
+    config_class = PrunedGPT2Config
 
     def __init__(self, config):
         super().__init__(config)
         _resize_layers(self, config)
 
 
-class Pruned__FAMILY__LMHeadModel(__FAMILY__LMHeadModel):
-    config_class = Pruned__FAMILY__Config
+class PrunedGPT2LMHeadModel(GPT2LMHeadModel):
+    config_class = PrunedGPT2Config
 
     def __init__(self, config):
         super().__init__(config)
         _resize_layers(self.transformer, config)
 
 
-class Pruned__FAMILY__ForSequenceClassification(__FAMILY__ForSequenceClassification):
-    config_class = Pruned__FAMILY__Config
+class PrunedGPT2ForSequenceClassification(GPT2ForSequenceClassification):
+    config_class = PrunedGPT2Config
 
     def __init__(self, config):
         super().__init__(config)

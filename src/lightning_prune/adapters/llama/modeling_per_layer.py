@@ -1,4 +1,4 @@
-"""Per-layer pruned __FAMILY__ models, written by lightning-prune (https://github.com/lightning-prune).
+"""Per-layer pruned Llama models, written by lightning-prune (https://github.com/lightning-prune).
 
 This file is standalone: it needs only torch and transformers, so a model exported with per-layer
 shapes loads with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` on a machine
@@ -13,21 +13,21 @@ import torch
 from torch import nn
 from transformers import AutoModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.__MODULE__.configuration___MODULE__ import __FAMILY__Config
-from transformers.models.__MODULE__.modeling___MODULE__ import (
-    __FAMILY__Attention,
-    __FAMILY__ForCausalLM,
-    __FAMILY__ForQuestionAnswering,
-    __FAMILY__ForSequenceClassification,
-    __FAMILY__ForTokenClassification,
-    __FAMILY__Model,
+from transformers.models.llama.configuration_llama import LlamaConfig
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaForCausalLM,
+    LlamaForQuestionAnswering,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    LlamaModel,
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
 
 
-class Pruned__FAMILY__Config(__FAMILY__Config):
-    model_type = "lightning_prune___MODULE__"
+class PrunedLlamaConfig(LlamaConfig):
+    model_type = "lightning_prune_llama"
 
     # config.layer_shapes is authoritative; num_attention_heads / num_key_value_heads are nominal (1).
     def __init__(self, layer_shapes=None, **kwargs):
@@ -65,7 +65,7 @@ class _EmptyAttention(nn.Module):
         self.bias = nn.Parameter(torch.zeros(hidden_size)) if bias else None
         # Parameters that no head count resizes (Qwen3's q_norm/k_norm over head_dim) stay, unused, so the
         # checkpoint and the parameter count are those of the original layout (over the kept q/k dims, if pruned).
-        for name, child in (old.named_children() if old is not None else ()):
+        for name, child in old.named_children() if old is not None else ():
             if name not in ("q_proj", "k_proj", "v_proj", "o_proj") and any(True for _ in child.parameters()):
                 if qk_dim is not None and name in ("q_norm", "k_norm"):
                     child.weight = nn.Parameter(torch.ones(qk_dim))
@@ -97,7 +97,7 @@ def _linear_like(old, in_features, out_features):
     return nn.Linear(in_features, out_features, bias=old.bias is not None)
 
 
-class _HeadDims__FAMILY__Attention(__FAMILY__Attention):
+class _HeadDimsLlamaAttention(LlamaAttention):
     """Attention whose query/key heads keep ``qk_dim`` dims (the rotary pairs ``rope_pairs`` of the original
     ``head_dim``: first members, then their partners, so ``rotate_half`` pairs them as before) and whose value
     heads keep ``v_dim`` dims. The scaling stays the original ``1/sqrt(head_dim)``: dropping dims from ``q·k`` is
@@ -160,7 +160,9 @@ class _HeadDims__FAMILY__Attention(__FAMILY__Attention):
 
 def _resize_layers(backbone, config):
     if len(config.layer_shapes) != len(backbone.layers):
-        raise ValueError(f"config.layer_shapes has {len(config.layer_shapes)} entries for {len(backbone.layers)} layers")
+        raise ValueError(
+            f"config.layer_shapes has {len(config.layer_shapes)} entries for {len(backbone.layers)} layers"
+        )
     d = config.hidden_size
     for idx, (layer, shape) in enumerate(zip(backbone.layers, config.layer_shapes)):
         attn, mlp = layer.self_attn, layer.mlp
@@ -171,7 +173,7 @@ def _resize_layers(backbone, config):
             qk = qk_dim if "qk_dim" in shape else None
             layer.self_attn = _EmptyAttention(d, hd, idx, attn.o_proj.bias is not None, attn, qk)
         elif qk_dim != hd or v_dim != hd:
-            layer.self_attn = _HeadDims__FAMILY__Attention(config, idx, heads, kv, shape["rope_pairs"], v_dim)
+            layer.self_attn = _HeadDimsLlamaAttention(config, idx, heads, kv, shape["rope_pairs"], v_dim)
         else:
             attn.q_proj = _linear_like(attn.q_proj, d, heads * hd)
             attn.k_proj = _linear_like(attn.k_proj, d, kv * hd)
@@ -187,8 +189,8 @@ def _resize_layers(backbone, config):
             mlp.intermediate_size = ffn
 
 
-class Pruned__FAMILY__Model(__FAMILY__Model):
-    config_class = Pruned__FAMILY__Config
+class PrunedLlamaModel(LlamaModel):
+    config_class = PrunedLlamaConfig
 
     def __init__(self, config):
         super().__init__(config)
@@ -198,41 +200,41 @@ class Pruned__FAMILY__Model(__FAMILY__Model):
 # The sequence / token classification and question answering classes build their backbone with
 # ``AutoModel.from_config(config)``: registered here, it is the class above (local code, so transformers neither
 # asks to trust remote code nor looks the backbone up in ``auto_map``).
-AutoModel.register(Pruned__FAMILY__Config, Pruned__FAMILY__Model, exist_ok=True)
+AutoModel.register(PrunedLlamaConfig, PrunedLlamaModel, exist_ok=True)
 
 
 def _resize_backbone(model, config):
     backbone = getattr(model, model.base_model_prefix)
-    if not isinstance(backbone, Pruned__FAMILY__Model):  # a backbone built by the parent class: resize its layers
+    if not isinstance(backbone, PrunedLlamaModel):  # a backbone built by the parent class: resize its layers
         _resize_layers(backbone, config)
 
 
-class Pruned__FAMILY__ForCausalLM(__FAMILY__ForCausalLM):
-    config_class = Pruned__FAMILY__Config
+class PrunedLlamaForCausalLM(LlamaForCausalLM):
+    config_class = PrunedLlamaConfig
 
     def __init__(self, config):
         super().__init__(config)
         _resize_backbone(self, config)
 
 
-class Pruned__FAMILY__ForSequenceClassification(__FAMILY__ForSequenceClassification):
-    config_class = Pruned__FAMILY__Config
+class PrunedLlamaForSequenceClassification(LlamaForSequenceClassification):
+    config_class = PrunedLlamaConfig
 
     def __init__(self, config):
         super().__init__(config)
         _resize_backbone(self, config)
 
 
-class Pruned__FAMILY__ForTokenClassification(__FAMILY__ForTokenClassification):
-    config_class = Pruned__FAMILY__Config
+class PrunedLlamaForTokenClassification(LlamaForTokenClassification):
+    config_class = PrunedLlamaConfig
 
     def __init__(self, config):
         super().__init__(config)
         _resize_backbone(self, config)
 
 
-class Pruned__FAMILY__ForQuestionAnswering(__FAMILY__ForQuestionAnswering):
-    config_class = Pruned__FAMILY__Config
+class PrunedLlamaForQuestionAnswering(LlamaForQuestionAnswering):
+    config_class = PrunedLlamaConfig
 
     def __init__(self, config):
         super().__init__(config)
