@@ -44,7 +44,7 @@ from torch import nn
 
 import lightning_prune as lp
 
-KINDS = ("dense", "ours", "two-stage", "unstructured")
+KINDS = ("dense", "ours", "two-stage", "unstructured", "two-stage+kd")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class BenchConfig:
     latency_repeats: int = 15
     methods: tuple[str, ...] = ()  # entries of METHODS to run (empty: DEFAULT_METHODS whose method is registered)
     baselines: tuple[str, ...] | None = None  # kinds of BASELINES to run (None: all)
+    train_dense: bool = True  # False (--no-dense): the dense row is the untrained model (a latency reference only)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Row:
 
 
 # -- training -------------------------------------------------------------------------------------------------
-def _module(model: nn.Module, lr: float):
+def _module(model: nn.Module, lr: float, teacher: SnapshotTeacher | None = None):
     import lightning as L
 
     class Classifier(L.LightningModule):
@@ -105,7 +106,10 @@ def _module(model: nn.Module, lr: float):
 
         def training_step(self, batch, batch_idx):
             ids, mask, labels = batch
-            return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+            if teacher is None:
+                return out.loss
+            return out.loss + teacher.term(ids, mask, out.logits)
 
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
@@ -113,7 +117,68 @@ def _module(model: nn.Module, lr: float):
     return Classifier()
 
 
-def fit(model: nn.Module, task: Task, cfg: BenchConfig, steps: int, callbacks=(), seed_offset: int = 0) -> nn.Module:
+class SnapshotTeacher:
+    """Study lever (issue #18): knowledge distillation from a frozen copy of the model taken when pruning starts
+    (CoFi, Xia et al. 2022, distil from the dense model; here the dense warm-up's weights, so no extra training).
+
+    Adds ``weight · T² · KL(teacher ‖ student)`` (Hinton et al. 2015) to the loss once :meth:`take` has run. The
+    same object serves our rows (snapshot at the dense → prune transition) and the two-stage control (snapshot
+    right before the one-shot cut), so both get the same teacher at the same step.
+    """
+
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0) -> None:
+        self.weight, self.temperature = weight, temperature
+        self.teacher: nn.Module | None = None
+
+    def take(self, model: nn.Module) -> None:
+        import copy
+
+        from lightning_prune.pruner import STATE_ATTRIBUTE
+
+        saved = {k: v for k, v in model._modules.items() if k == STATE_ATTRIBUTE}
+        for k in saved:  # the pruner's gates and regulariser stay with the student
+            del model._modules[k]
+        try:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        finally:
+            model._modules.update(saved)
+
+    def term(self, ids: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None or self.weight == 0:
+            return logits.new_zeros(())
+        from lightning_prune.distill import kl_distillation
+
+        with torch.no_grad():
+            target = self.teacher(input_ids=ids, attention_mask=mask).logits
+        return self.weight * kl_distillation(logits, target, self.temperature)
+
+    def at_prune_start(self, pruning: lp.PruningCallback):
+        """A callback that takes the snapshot at the first batch of the prune phase, before the pruner's hooks
+        (which are suspended for the copy) change anything."""
+        from lightning.pytorch.callbacks import Callback
+
+        from lightning_prune.distill import hooks_suspended
+
+        teacher = self
+
+        class Take(Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                if teacher.teacher is None and teacher.weight > 0 and pruning.phase != "dense":
+                    with hooks_suspended(pruning.pruner._handles):
+                        teacher.take(pruning.pruner.hf_model)
+
+        return Take()
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: BenchConfig,
+    steps: int,
+    callbacks=(),
+    seed_offset: int = 0,
+    teacher: SnapshotTeacher | None = None,
+) -> nn.Module:
     """Fine-tune ``model`` in place for ``steps`` optimizer steps with Lightning (seeded batches, no logging).
 
     Every row cuts training into the same epochs of ``prune_at · steps`` batches (``ModelPruning`` acts at an epoch
@@ -140,7 +205,7 @@ def fit(model: nn.Module, task: Task, cfg: BenchConfig, steps: int, callbacks=()
         enable_model_summary=False,
         enable_progress_bar=False,
     )
-    trainer.fit(_module(model, cfg.lr), loader)
+    trainer.fit(_module(model, cfg.lr, teacher), loader)
     return model.eval()
 
 
@@ -273,6 +338,38 @@ def _train_with_recipe(model: nn.Module, config: lp.PruningConfig, task: Task, c
     return callback.pruner.export()
 
 
+def _recipe_kd(
+    weight: float = 1.0,
+    temperature: float = 2.0,
+    fields: dict[str, Any] | None = None,
+    structures: tuple[str, ...] = ("heads", "ffn"),
+    **schedule: Any,
+):
+    """``recipes.l0`` (``schedule``: other :class:`~lightning_prune.recipes.L0Schedule` fractions; ``fields``: other
+    config fields) plus distillation from the snapshot taken when pruning starts (prune and frozen phases; ``weight``
+    0: none)."""
+
+    def train(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
+        from lightning_prune import recipes
+
+        callback = recipes.l0_callback(
+            target_sparsity=config.target_sparsity,
+            max_steps=cfg.steps,
+            structures=structures,
+            schedule=recipes.L0Schedule(**schedule),
+            config_fields={"flops_seq_len": cfg.max_length, **(fields or {})},
+            plot=False,
+            log_stats=False,
+            prog_bar=False,
+            seed=cfg.seed,
+        )
+        teacher = SnapshotTeacher(weight, temperature)
+        fit(model, task, cfg, cfg.steps, [callback, teacher.at_prune_start(callback)], teacher=teacher)
+        return callback.pruner.export()
+
+    return train
+
+
 def _shared(sparsity: float, cfg: BenchConfig, warmup: float = 0.4) -> dict[str, Any]:
     """What every row of ours shares: the budget on heads + FFN channels, a target warm-up over 40% of the steps
     (``warmup``: another fraction)."""
@@ -295,8 +392,15 @@ def _l0_variant(warmup: float = 0.4, **fields: Any) -> Callable[[float, BenchCon
 
 
 def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
-    """L0 with the library's defaults (importance-initialised gates from the dense phase)."""
-    return lp.L0Config(**_shared(sparsity, cfg), gate_lr=0.1, lagrangian_lr=0.01)
+    """L0 as a user gets it: the library's defaults, with only the budget and the structures given."""
+    return lp.L0Config(target_sparsity=sparsity, structures=("heads", "ffn"), flops_seq_len=cfg.max_length)
+
+
+def _train_with_defaults(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
+    """The callback with its defaults: ``schedule="auto"`` runs ``recipes.l0``'s phases for ``cfg.steps``."""
+    callback = lp.PruningCallback(config, plot=False, log_stats=False, prog_bar=False, seed=cfg.seed)
+    fit(model, task, cfg, cfg.steps, [callback])
+    return callback.pruner.export()
 
 
 def _ste_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
@@ -320,8 +424,11 @@ def _l0_distill_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
 #: here. Not here: ``compresso`` (needs a LoRA-wrapped base: a different training budget from full fine-tuning),
 #: ``atp`` and ``pat`` (their LoRA layout and hidden-stream modules are Llama-family only).
 METHODS: dict[str, MethodEntry] = {
-    "l0": MethodEntry(_l0_config, _train_with_callback),
-    "l0+distill": MethodEntry(_l0_distill_config, _train_with_callback),
+    "l0": MethodEntry(_l0_config, _train_with_defaults),  # what a user gets: defaults, auto schedule
+    "l0+distill": MethodEntry(_l0_distill_config, _train_with_defaults),
+    "l0+old": MethodEntry(  # the default row before session 6: the old rates on the demo's manual schedule
+        _l0_variant(init_from_importance=True), _train_with_callback
+    ),
     "ste": MethodEntry(_ste_config, _train_with_callback),
     "polarization": MethodEntry(_polarization_config, _train_with_callback),
     # issue #18 levers, one at a time and together (the `l0` row above is the old default, for comparison)
@@ -347,13 +454,29 @@ METHODS: dict[str, MethodEntry] = {
     "l0+d30+brief": MethodEntry(  # two-stage's cut point, then a short learned refinement at the new rates
         _l0_variant(warmup=0.05, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.3, 0.4, True)
     ),
+    "l0+recipe+kd": MethodEntry(_l0_variant(), _recipe_kd()),
+    "l0+recipe+kd.3": MethodEntry(_l0_variant(), _recipe_kd(weight=0.3)),
+    "l0+recipe+uniform": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, fields={"uniform": True})),
+    "l0+recipe+hidden": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "hidden"))),
+    "l0+recipe+blocks": MethodEntry(
+        _l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "attn_block", "mlp_block"))
+    ),
+    "l0+d25": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, dense=0.25, warmup=0.05, freeze=0.3)),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }
 #: Rows run by default (the study's variants are run by name with `--methods`).
 DEFAULT_METHODS = ("l0", "l0+distill", "ste", "polarization")
 
 
-def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
+def torch_pruning_two_stage_kd(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
+    """The two-stage pipeline with the same distillation as ``l0+recipe+kd``: the dense model at the cut teaches the
+    pruned one through its fine-tuning (the control that tells a distillation gain from a learned-mask gain)."""
+    return torch_pruning_two_stage(model, sparsity, task, cfg, teacher=SnapshotTeacher())
+
+
+def torch_pruning_two_stage(
+    model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig, teacher: SnapshotTeacher | None = None
+) -> nn.Module:
     """Train → prune (torch-pruning, heads + FFN channels, one shot) → fine-tune; ``cfg.steps`` steps in all.
 
     The budget matches ours: ``round(sparsity · heads)`` whole heads per layer, then the share of FFN channels
@@ -404,6 +527,8 @@ def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: 
             : cfg.taylor_batches
         ]:
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    if teacher is not None:
+        teacher.take(model)
     pruner.step()
     model.zero_grad(set_to_none=True)
     for attention in attentions:  # torch-pruning changes the layers; the module's bookkeeping follows them
@@ -411,7 +536,7 @@ def torch_pruning_two_stage(model: nn.Module, sparsity: float, task: Task, cfg: 
         attention.all_head_size = attention.query.out_features
     model.config.num_attention_heads = attentions[0].num_attention_heads
     model.config.intermediate_size = ffn_layers[0].out_features
-    return fit(model, task, cfg, cfg.steps - first, seed_offset=1)
+    return fit(model, task, cfg, cfg.steps - first, seed_offset=1, teacher=teacher)
 
 
 def lightning_model_pruning(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
@@ -434,11 +559,16 @@ def lightning_model_pruning(model: nn.Module, sparsity: float, task: Task, cfg: 
     return fit(model, task, cfg, cfg.steps, [callback])
 
 
-#: Baselines: kind -> (row name, function(model, sparsity, task, cfg) -> trained model).
+#: Baselines: kind -> (row name, function(model, sparsity, task, cfg) -> trained model). ``two-stage+kd`` (a study
+#: control for the distillation lever) runs only when asked for with ``--baselines``.
 BASELINES: dict[str, tuple[str, Callable[[nn.Module, float, Task, BenchConfig], nn.Module]]] = {
     "two-stage": ("torch-pruning", torch_pruning_two_stage),
+    "two-stage+kd": ("torch-pruning+KD", torch_pruning_two_stage_kd),
     "unstructured": ("ModelPruning", lightning_model_pruning),
 }
+
+
+DEFAULT_BASELINES = ("two-stage", "unstructured")
 
 
 def unbenchmarked_methods(model_fn: Callable[[], nn.Module]) -> dict[str, str]:
@@ -466,7 +596,7 @@ def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=pri
                 ("ours", name, sparsity, lambda m, s=sparsity, e=entry: e.train(m, e.config(s, cfg), task, cfg))
             )
         for kind, (label, fn) in BASELINES.items():
-            if cfg.baselines is not None and kind not in cfg.baselines:
+            if kind not in (cfg.baselines if cfg.baselines is not None else DEFAULT_BASELINES):
                 continue
             jobs.append((kind, label, sparsity, lambda m, s=sparsity, f=fn: f(m, s, task, cfg)))
     dense_linear = None
@@ -475,7 +605,10 @@ def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=pri
         start = time.perf_counter()
         torch.manual_seed(cfg.seed)  # the same classifier-head init in every row
         model = model_fn()
-        model = fit(model, task, cfg, cfg.steps) if kind == "dense" else train(model)
+        if kind == "dense":
+            model = fit(model, task, cfg, cfg.steps if cfg.train_dense else 0)
+        else:
+            model = train(model)
         model.eval()
         seconds = time.perf_counter() - start
         linear, zeros = _linear_stats(model)
@@ -567,7 +700,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dense = rows[0]
     ax.axhline(dense.accuracy, color="gray", linestyle="--", label=f"dense ({dense.params / 1e6:.1f}M)")
-    markers = {"ours": "o", "two-stage": "s", "unstructured": "^"}
+    markers = {"ours": "o", "two-stage": "s", "unstructured": "^", "two-stage+kd": "D"}
     for kind in KINDS[1:]:
         for name in dict.fromkeys(r.name for r in rows if r.kind == kind):
             sel = sorted((r for r in rows if r.kind == kind and r.name == name), key=lambda r: r.params)
@@ -681,6 +814,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument(
         "--baselines", nargs="*", choices=sorted(BASELINES), default=None, help="baseline rows (default: all)"
     )
+    parser.add_argument(
+        "--no-dense",
+        action="store_true",
+        help="skip the dense fine-tune (its row is the untrained model): for study runs whose dense rows ran before",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import lightning.pytorch  # noqa: F401 - configures its logger on import; quieten it afterwards
@@ -700,6 +838,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         cfg.methods = tuple(args.methods)
     if args.baselines is not None:
         cfg.baselines = tuple(args.baselines)
+    cfg.train_dense = not args.no_dense
     from quality_data import source_versions
 
     model_fn, task = minilm_task(cfg, n_train, n_test)

@@ -46,7 +46,7 @@ CONFIG_CASES = [
     ("warmup_steps negative", lp.L0Config, {"warmup_steps": -5}, PruningConfigError,
      r"`warmup_steps` must be a non-negative int, got -5.*0 applies the full target"),
     ("gate_lr nan", lp.L0Config, {"gate_lr": NAN}, PruningConfigError,
-     r"`gate_lr` must be a finite number, got nan.*NaN and inf.*default is 0\.1"),
+     r"`gate_lr` must be a finite number, got nan.*NaN and inf.*default is 0\.5"),
     ("gate_lr negative", lp.L0Config, {"gate_lr": -0.1}, PruningConfigError,
      r"`gate_lr` must be positive, got -0\.1.*learning rate.*freeze_after_steps"),
     ("lagrangian_lr zero", lp.L0Config, {"lagrangian_lr": 0.0}, PruningConfigError,

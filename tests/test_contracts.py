@@ -147,7 +147,7 @@ RESUME_CASES = [
     ("another method", lp.STEConfig(**BASE), PruningConfigError,
      r"(?s)different pruning config.*'method': \('l0', 'ste'\)"),
     ("another gate_lr", lp.L0Config(**{**BASE, "gate_lr": 0.05}), PruningConfigError,
-     r"'gate_lr': \(0\.1, 0\.05\)"),
+     r"'gate_lr': \(0\.5, 0\.05\)"),
     ("same config", lp.L0Config(**BASE), None, None),
 ]  # fmt: skip
 
@@ -194,12 +194,12 @@ METHODS = [
 ]
 # (case, field, value, on the pruner's copy?, expected error class or None, regex)
 EDITS = [
-    ("user's gate_lr", "gate_lr", 0.5, False, AttachStateError,
-     r"took its own copy, so setting `gate_lr`=0\.5 here would have no effect.*dataclasses\.replace\(config, gate_lr="),
+    ("user's gate_lr", "gate_lr", 0.25, False, AttachStateError,
+     r"took its own copy, so setting `gate_lr`=0\.25 here would have no effect.*dataclasses\.replace\(config, gate_lr="),
     ("user's warmup_steps", "warmup_steps", 7, False, AttachStateError,
      r"setting `warmup_steps`=7 here would have no effect"),
     ("user's structures", "structures", ("ffn",), False, AttachStateError, r"setting `structures`=\('ffn',\)"),
-    ("pruner's gate_lr", "gate_lr", 0.5, True, AttachStateError,
+    ("pruner's gate_lr", "gate_lr", 0.25, True, AttachStateError,
      r"`pruner\.config\.gate_lr` cannot change after attach\(\).*Only \[('match_target', )?'export_rtol'\].*"
      r"pruner\.detach\(\)"),
     ("pruner's export_rtol", "export_rtol", 1e-3, True, None, None),

@@ -97,7 +97,7 @@ class StepLRs(L.Callback):
 def test_dict_output_and_scheduler_keep_our_learning_rates():
     L.seed_everything(0, verbose=False)
     module = lit_llama(return_dict=True, scheduler=True)
-    callback, seen = lp.PruningCallback(config(warmup_steps=0), log_stats=False), StepLRs()
+    callback, seen = lp.PruningCallback(config(warmup_steps=0), log_stats=False, schedule="manual"), StepLRs()
     trainer(6, [callback, seen]).fit(module, loader())
     assert [lrs[None] for lrs in seen.lrs] == pytest.approx([1e-3 / (1 + i) for i in range(6)])  # user's schedule
     assert all(lrs[GATE_GROUP] == 0.1 and lrs[MULTIPLIER_GROUP] == 0.05 for lrs in seen.lrs)  # ours: constant

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -81,6 +82,9 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             Trainer's training logs under ``pruning/``.
         reset_optimizer_at_freeze: when the masks freeze, forget the optimizer state of the model's weights (fresh
             moments for the final architecture, as after the cut of a prune-then-fine-tune pipeline).
+        schedule: ``"auto"`` (default) or ``"manual"``, as in :class:`~lightning_prune.PruningCallback`: with an
+            ``L0Config`` and no phase argument given, the phases of :func:`lightning_prune.recipes.l0` for the run's
+            length (``max_steps``, or epochs × batches / gradient accumulation).
 
     Raises:
         PruningConfigError: an argument is invalid.
@@ -103,14 +107,15 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         self,
         config: PruningConfig,
         export_dir: str | Path | None = None,
-        dense_steps: int = 0,
+        dense_steps: int | None = None,
         freeze_after_steps: int | None = None,
         overwrite_export: bool = False,
         plot: bool = True,
         adapter: str | None = None,
         seed: int | None = None,
         log_stats: bool = True,
-        reset_optimizer_at_freeze: bool = False,
+        reset_optimizer_at_freeze: bool | None = None,
+        schedule: str = "auto",
     ) -> None:
         self._init_options(
             config,
@@ -123,19 +128,23 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
             plot=plot,
             log_stats=log_stats,
             reset_optimizer_at_freeze=reset_optimizer_at_freeze,
+            schedule=schedule,
         )
         self._pruner: Pruner | None = None
-        self._phase = "dense" if dense_steps > 0 else "prune"
+        self._phase = "dense" if self.dense_steps > 0 else "prune"
         self._base_seed = 0
         self._micro = (-1, 0)  # (global step, micro-batches seen at that step)
         self._optimizer: torch.optim.Optimizer | None = None
         self._hooks: list[Any] = []
 
     # -- wiring (called by PruningTrainer) -------------------------------------------------------------
-    def attach(self, model: nn.Module, base_seed: int = 0) -> Pruner:
-        """Attach the gates to ``model`` (once; later calls with the same model return the same pruner)."""
+    def attach(self, model: nn.Module, base_seed: int = 0, total_steps: int | None = None) -> Pruner:
+        """Attach the gates to ``model`` (once; later calls with the same model return the same pruner).
+
+        ``total_steps``: the run's optimizer steps, for ``schedule="auto"`` (``None``: unknown)."""
         if self._pruner is not None and getattr(model, STATE_ATTRIBUTE, None) is self._pruner.state:
             return self._pruner
+        self._resolve_schedule(total_steps, log.info)
         self._pruner = Pruner(model, self.config, adapter=self.adapter)
         self._base_seed = self.seed if self.seed is not None else base_seed
         self.set_step(0)
@@ -342,7 +351,20 @@ class PruningTrainer(transformers.Trainer):
         self.pruning_callback: PruningTrainerCallback = found[0]
         if self.args.process_index == 0:
             self.pruning_callback.check_export_dir()
-        self.pruning_callback.attach(self.model, base_seed=self.args.seed)
+        self.pruning_callback.attach(self.model, base_seed=self.args.seed, total_steps=self._known_total_steps())
+
+    def _known_total_steps(self) -> int | None:
+        """The run's optimizer steps when known before training: ``max_steps``, or epochs × batches / accumulation
+        (the Trainer's own arithmetic for a sized dataset); ``None`` otherwise."""
+        args = self.args
+        if args.max_steps is not None and args.max_steps > 0:
+            return int(args.max_steps)
+        try:
+            batches = len(self.get_train_dataloader())
+        except Exception:  # no dataset, or one without a length: unknown
+            return None
+        per_epoch = max(1, batches // max(1, args.gradient_accumulation_steps))
+        return int(math.ceil(args.num_train_epochs * per_epoch))
 
     @property
     def pruner(self) -> Pruner:

@@ -17,6 +17,8 @@ from typing import Any
 from lightning_prune.errors import PruningConfigError
 
 PHASE_INDEX = {"dense": 0, "prune": 1, "frozen": 2}
+#: Values of the integrations' ``schedule`` argument.
+SCHEDULES = ("auto", "manual")
 
 
 def is_int(value: Any) -> bool:
@@ -76,14 +78,22 @@ class PhaseSchedule:
         self,
         config: Any,
         export_dir: Any,
-        dense_steps: int,
+        dense_steps: int | None,
         freeze_after_steps: int | None,
         seed: int | None,
         adapter: Any,
         config_hint: str = "",
+        schedule: str = "auto",
+        reset_optimizer_at_freeze: bool | None = None,
         **flags: Any,
     ) -> None:
-        """Validate and store the options every integration callback shares (``flags`` are booleans)."""
+        """Validate and store the options every integration callback shares (``flags`` are booleans).
+
+        ``schedule="auto"`` with none of ``dense_steps``, ``freeze_after_steps``, ``reset_optimizer_at_freeze``
+        given (and an :class:`~lightning_prune.L0Config`): the phases come from :func:`lightning_prune.recipes.l0`
+        for the run's length, resolved by :meth:`_resolve_schedule` once the length is known. Otherwise the values
+        given, and for those left ``None`` the manual defaults (no dense phase, no freeze, no reset).
+        """
         from lightning_prune.methods.base import PruningConfig  # local: keeps this module import-light
 
         if not isinstance(config, PruningConfig):
@@ -93,7 +103,23 @@ class PhaseSchedule:
             )
         if export_dir is not None and not isinstance(export_dir, (str, os.PathLike)):
             raise PruningConfigError(f"`export_dir` must be a path or None, got {type(export_dir).__name__}.")
-        self._init_schedule(dense_steps, freeze_after_steps, seed)
+        if schedule not in SCHEDULES:
+            raise PruningConfigError(
+                f"`schedule` must be one of {SCHEDULES}, got {schedule!r}: 'auto' derives the phases from the run's "
+                "length (lightning_prune.recipes.l0) unless you give them; 'manual' uses the values given."
+            )
+        if reset_optimizer_at_freeze is not None and not isinstance(reset_optimizer_at_freeze, bool):
+            raise PruningConfigError(
+                f"`reset_optimizer_at_freeze` must be True, False or None, got {reset_optimizer_at_freeze!r}."
+            )
+        given = (dense_steps, freeze_after_steps, reset_optimizer_at_freeze)
+        #: ``True`` while the phases wait for the run's length (``schedule="auto"``, nothing given, an L0 config).
+        self._auto_schedule = (
+            schedule == "auto" and all(v is None for v in given) and getattr(config, "method_name", "") == "l0"
+        )
+        self.schedule = schedule
+        self._init_schedule(0 if dense_steps is None else dense_steps, freeze_after_steps, seed)
+        self.reset_optimizer_at_freeze = bool(reset_optimizer_at_freeze)
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
@@ -104,6 +130,39 @@ class PhaseSchedule:
         self.adapter = adapter
         for name, value in flags.items():
             setattr(self, name, value)
+
+    def _resolve_schedule(self, total_steps: int | None, info: Callable[[str], None]) -> None:
+        """``schedule="auto"``: set the phases, the fresh optimizer state at the freeze and (when the config's is 0)
+        the target warm-up from :func:`lightning_prune.recipes.phase_steps` for a run of ``total_steps`` optimizer
+        steps, before the gates are attached. Called by the integrations once the run's length is known; a run of
+        unknown length (or under 4 steps) keeps the manual defaults and says so. Idempotent."""
+        if not self._auto_schedule:
+            return
+        self._auto_schedule = False
+        if total_steps is None or total_steps < 4:
+            info(
+                "lightning-prune: schedule='auto' needs the run's length in optimizer steps (`max_steps`, or a sized "
+                f"dataloader), got {total_steps}; pruning runs from the first step to the end. Pass `dense_steps` and "
+                "`freeze_after_steps` to set the phases."
+            )
+            return
+        import copy  # local: keeps this module import-light
+
+        from lightning_prune.phases import L0_SCHEDULE, phase_steps
+
+        dense, warmup, freeze = phase_steps(int(total_steps), L0_SCHEDULE)
+        self.dense_steps, self.freeze_after_steps = dense, freeze
+        self.reset_optimizer_at_freeze = L0_SCHEDULE.reset_optimizer_at_freeze
+        if self.config.warmup_steps == 0:
+            config = copy.deepcopy(self.config)  # the user's object is left as it was
+            config.warmup_steps = warmup
+            self.config = config
+        self._phase = "dense"
+        info(
+            f"lightning-prune: schedule 'auto' (lightning_prune.recipes.l0) for {total_steps} steps: dense {dense}, "
+            f"target warm-up {self.config.warmup_steps}, masks frozen from step {freeze} with a fresh optimizer state. "
+            "Pass `dense_steps`/`freeze_after_steps` or `schedule='manual'` to choose yourself."
+        )
 
     #: How far (absolute sparsity) the gates' expected sparsity may trail the target when the masks freeze before
     #: :meth:`freeze_lag_warning` speaks.

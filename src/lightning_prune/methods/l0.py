@@ -65,6 +65,9 @@ class L0Config(PruningConfig):
             count up to ``num_key_value_heads`` gives a valid GQA config. Every structure in ``structures`` needs a
             count; ``target_sparsity`` must then be left unset (the sparsity follows from the architecture and is
             reported by ``pruner.current_target()``); ``keep_units`` may repeat a count but not contradict it.
+        gate_lr: 0.5 for L0 (the base default is 0.1): with Adam a gate moves about ``gate_lr`` per step, and the
+            gates must follow the target warm-up (issue #18).
+        lagrangian_lr: 0.5 for L0, for the same reason (λ moves about ``lagrangian_lr`` per step).
         init_from_importance: on by default for L0: a dense phase (``dense_steps > 0``) scores every unit by its
             Fisher and the gates start from that ranking (see :mod:`lightning_prune.importance`); without a dense
             phase nothing changes.
@@ -79,6 +82,10 @@ class L0Config(PruningConfig):
     """
 
     target_sparsity: float | None = None  # None: 0.5, or derived from `target_architecture` when that is given
+    # issue #18: at 0.1 / 0.01 the gates could not follow a short target warm-up (the freeze's exact-target cut then
+    # did the pruning in one step); 0.5 / 0.5 is what `recipes.l0` measured best
+    gate_lr: float = 0.5
+    lagrangian_lr: float | None = 0.5
 
     init_log_alpha: float = 3.0
     temperature: float = 2.0 / 3.0

@@ -1,0 +1,75 @@
+"""The phase schedule of the L0 recipe: which fraction of a run is dense, warms the target up, and is frozen.
+
+Kept apart from :mod:`lightning_prune.recipes` (which builds callbacks) so that the integrations' ``schedule="auto"``
+can read it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_prune.errors import PruningConfigError
+
+
+@dataclass(frozen=True)
+class L0Schedule:
+    """Phases and learning rates of :func:`l0` (measured on ``benchmarks/quality.py``, issue #18).
+
+    Attributes:
+        dense: dense warm-up, a fraction of ``max_steps``; with ``init_from_importance`` it also accumulates the
+            units' Fisher scores. ``None``: by the run's length (below).
+        warmup: target warm-up (the Lagrangian's target rises linearly from 0), counted from the end of the dense
+            phase; ``None``: by the run's length.
+        freeze: global step (fraction) from which the masks are frozen and the model fine-tunes its final shape;
+            ``None``: by the run's length.
+        gate_lr: learning rate of the hard-concrete ``log α``.
+        lagrangian_lr: learning rate of λ1, λ2 (gradient ascent).
+        reset_optimizer_at_freeze: fresh optimizer state for the model's weights when the masks freeze.
+        long_run: runs of at least this many steps get the long-run phases.
+
+    Short runs (under ``long_run`` steps): dense 10%, target warm-up 30%, freeze at 50%. Long runs: dense 30%,
+    warm-up 5%, freeze at 40% — the importance-initialised gates start where a one-shot cut at the two-stage
+    pipeline's step would, and a short learned phase refines them. Gate and λ learning rates 0.5: with Adam a gate
+    moves about ``gate_lr`` per step and λ about ``lagrangian_lr``, and at 0.1 / 0.01 the gates could not follow a
+    30-step warm-up (expected sparsity 0.06 when the target had reached 0.32: the exact-target cut at the freeze
+    did all the pruning in one step). Measured, MiniLM at 50%, three seeds: 100 steps, short phases 0.492 (old
+    rates, no reset: 0.455); 300 steps, long phases 0.560 (short phases at the old rates 0.550, at the fast
+    rates 0.538; the two-stage pipeline 0.574). See docs/benchmarks.md.
+    """
+
+    dense: float | None = None
+    warmup: float | None = None
+    freeze: float | None = None
+    gate_lr: float = 0.5
+    lagrangian_lr: float = 0.5
+    reset_optimizer_at_freeze: bool = True
+    long_run: int = 200
+
+    def fractions(self, max_steps: int) -> tuple[float, float, float]:
+        """``(dense, warmup, freeze)`` fractions for a run of ``max_steps``."""
+        default = (0.3, 0.05, 0.4) if max_steps >= self.long_run else (0.1, 0.3, 0.5)
+        chosen = (self.dense, self.warmup, self.freeze)
+        return tuple(c if c is not None else d for c, d in zip(chosen, default))  # type: ignore[return-value]
+
+
+#: The schedule :func:`l0` uses unless told otherwise.
+L0_SCHEDULE = L0Schedule()
+
+
+def phase_steps(max_steps: int, schedule: L0Schedule = L0_SCHEDULE) -> tuple[int, int, int]:
+    """``(dense_steps, warmup_steps, freeze_after_steps)`` of ``schedule`` for a run of ``max_steps`` optimizer steps
+    (at least one dense step, two pruning steps and a warm-up inside the pruning phase).
+
+    Raises:
+        PruningConfigError: ``max_steps`` is too small for three phases (under 4 steps).
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 4:
+        raise PruningConfigError(
+            f"`max_steps` must be an int >= 4 (dense warm-up, pruning and frozen fine-tuning each need steps), got "
+            f"{max_steps!r}."
+        )
+    dense_fraction, warmup_fraction, freeze_fraction = schedule.fractions(max_steps)
+    dense = max(1, int(max_steps * dense_fraction))
+    freeze = max(dense + 2, int(max_steps * freeze_fraction))
+    warmup = max(1, min(int(max_steps * warmup_fraction), freeze - dense))
+    return dense, warmup, freeze
