@@ -391,6 +391,15 @@ def _l0_variant(warmup: float = 0.4, **fields: Any) -> Callable[[float, BenchCon
     return config
 
 
+def _gradual_variant(warmup: float, **fields: Any) -> Callable[[float, BenchConfig], lp.PruningConfig]:
+    """Gradual pruning (``GradualConfig``): the exact-target selection by learned score at every step."""
+
+    def config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+        return lp.GradualConfig(**_shared(sparsity, cfg, warmup), **fields)
+
+    return config
+
+
 def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
     """L0 as a user gets it: the library's defaults, with only the budget and the structures given."""
     return lp.L0Config(target_sparsity=sparsity, structures=("heads", "ffn"), flops_seq_len=cfg.max_length)
@@ -461,6 +470,12 @@ METHODS: dict[str, MethodEntry] = {
     "l0+recipe+blocks": MethodEntry(
         _l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "attn_block", "mlp_block"))
     ),
+    # gradual: dense (Fisher) / warm-up to the target / frozen with a fresh optimizer state, then fine-tuning
+    "gradual+a": MethodEntry(_gradual_variant(0.2), _schedule(0.1, 0.3, True)),  # cut done at two-stage's step
+    "gradual+b": MethodEntry(_gradual_variant(0.2), _schedule(0.2, 0.4, True)),
+    "gradual+c": MethodEntry(_gradual_variant(0.1), _schedule(0.3, 0.4, True)),  # the L0 recipe's phases
+    "gradual+a5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.1, 0.3, True)),
+    "gradual+b5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.2, 0.4, True)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, dense=0.25, warmup=0.05, freeze=0.3)),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }

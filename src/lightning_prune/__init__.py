@@ -32,6 +32,7 @@ from lightning_prune.export.history import load_pruned, save_pruned
 from lightning_prune.gates import Gate, HardConcreteGate, register_gate
 from lightning_prune.methods import ATPConfig, ATPController, L0Config, PATConfig, PruningConfig, register_method
 from lightning_prune.methods.compresso import CollaborativePrompt, CompressoConfig
+from lightning_prune.methods.gradual import GradualConfig
 from lightning_prune.methods.polarization import PolarizationConfig
 from lightning_prune.methods.ste import STEConfig
 from lightning_prune.pruner import Pruner, attach
@@ -54,6 +55,7 @@ __all__ = [
     "PruningConfig",
     "L0Config",
     "PolarizationConfig",
+    "GradualConfig",
     "STEConfig",
     "ATPConfig",
     "PATConfig",

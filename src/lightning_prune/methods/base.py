@@ -250,6 +250,12 @@ class PruningConfig:
         masks in its own hooks (PAT's shared hidden mask, after its HSMs) leaves them out."""
         return structures
 
+    def training_masks(self, pruner: Pruner) -> dict[str, torch.Tensor] | None:
+        """The masks of a training forward in the prune phase, when the method chooses them itself (``None``: each
+        gate samples its own, the default). :class:`~lightning_prune.methods.gradual.GradualConfig` returns the
+        exact-target selection by score with a straight-through path to the scores."""
+        return None
+
     def on_freeze(self, pruner: Pruner) -> None:
         """Called once when the masks freeze (the ``prune`` → ``frozen`` transition of the integrations and of
         :meth:`Pruner.set_phase`); methods whose frozen mask is not already at the target correct it here."""

@@ -51,7 +51,8 @@ class MasksMixin:
             # all-ones masks that require grad: the dense forward is unchanged, the backward fills the Fisher sums
             self._masks = importance.probe_masks() if probe and module.training else None
         elif self.phase == "prune" and (module.training if self.mask_sampling is None else self.mask_sampling):
-            self._masks = self._sample_masks()
+            chosen = self.config.training_masks(self)  # a method that picks its training masks itself (gradual)
+            self._masks = chosen if chosen is not None else self._sample_masks()
         else:
             self._masks = self.deterministic_masks()
         # Everything derived from the masks is computed here, at the root module's pre-hook: outside any
