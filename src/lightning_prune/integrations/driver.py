@@ -20,8 +20,8 @@ Nothing here imports Lightning or ``transformers``; a plain PyTorch loop drives 
         (model(**batch).loss + driver.pruner.penalty()).backward()
         optimizer.step()
         optimizer.zero_grad()
-    driver.finish(100)
-    driver.export()
+    driver.finish(100)  # the pruning step the export reads; a warning if the run never left the dense phase
+    driver.export()  # compact model, report and plot into export_dir
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
+from lightning_prune.export.io import export_dir_problem
+from lightning_prune.integrations.fsdp import sharding_of
 from lightning_prune.integrations.optim import (
     extend_schedulers_,
     regroup_optimizer_,
@@ -45,7 +47,7 @@ from lightning_prune.integrations.optim import (
     set_group_learning_rates_,
 )
 from lightning_prune.integrations.resume import config_mismatch, gate_shapes, run_record
-from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, is_int, sampling_seed
+from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, check_flag, is_int, sampling_seed
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
@@ -53,12 +55,6 @@ log = logging.getLogger("lightning_prune")
 
 
 _warn = functools.partial(warnings.warn, stacklevel=4)  # points at the caller of set_step / load_state_dict
-
-
-def check_flag(name: str, value: Any) -> None:
-    """Raise :class:`~lightning_prune.errors.PruningConfigError` unless ``value`` is ``True`` or ``False``."""
-    if not isinstance(value, bool):
-        raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
 
 
 class TrainingDriver(PhaseSchedule):
@@ -170,9 +166,8 @@ class TrainingDriver(PhaseSchedule):
 
     # -- phases and seeds -----------------------------------------------------------------------------------------
     def set_step(self, global_step: int) -> None:
-        """Set the phase, ``pruner.pruning_step`` and our groups' learning rates for the optimizer step
-        ``global_step``; on a phase change, initialise the gates from the dense phase's importance and do what the
-        freeze does (:meth:`_at_freeze`)."""
+        """Phase, ``pruner.pruning_step`` and our groups' lr for the optimizer step ``global_step``; on a phase change,
+        the importance init of the gates as the dense phase ends, and the freeze (:meth:`_at_freeze`)."""
         phase = self.phase_at(global_step)
         if phase != self._phase:
             self.info(f"lightning-prune: phase '{self._phase}' -> '{phase}' at global step {global_step}")
@@ -255,7 +250,7 @@ class TrainingDriver(PhaseSchedule):
             return
         groups_before, source = regroup_optimizer_(optimizer, self._pruner)
         extend_schedulers_(list(schedulers), groups_before, source, len(optimizer.param_groups) - groups_before)
-        self.release()
+        self.release()  # the hooks of a previous optimizer (samples are seeded again at every batch)
         self._hooks = [
             optimizer.register_step_pre_hook(lambda *_: self.set_learning_rates()),
             optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
@@ -298,8 +293,6 @@ class TrainingDriver(PhaseSchedule):
     # -- export ---------------------------------------------------------------------------------------------------
     def export_dir_problem(self, directory: str | Path | None = None, overwrite: bool | None = None) -> str | None:
         """Why ``directory`` (default ``export_dir``) cannot receive the export (``None``: it can, or there is none)."""
-        from lightning_prune.export.io import export_dir_problem
-
         target = self.export_dir if directory is None else directory
         overwrite = self.overwrite_export if overwrite is None else overwrite
         return None if target is None else export_dir_problem(target, overwrite, self.overwrite_hint)
@@ -333,8 +326,6 @@ class TrainingDriver(PhaseSchedule):
         turns an export error into the error to report (after saving what was trained; ``None``: raise it).
         Returns ``(the plot's path or None, the error rescue returned or None)``.
         """
-        from lightning_prune.integrations.fsdp import sharding_of
-
         if self.export_dir is None:
             return None, None
         sharded = sharding_of(self._pruner)
@@ -353,8 +344,7 @@ class TrainingDriver(PhaseSchedule):
         return (self.write_plot(self.export_dir) if self.plot else None), None
 
     def export_to(self, directory: str | Path, overwrite: bool, global_step: int) -> Path:
-        """Export a run restored after ``global_step`` optimizer steps (e.g. from a checkpoint) to ``directory``:
-        the phase of the last step taken, its pruning step, then the compact model, report and plot."""
+        """Export a run restored after ``global_step`` steps (e.g. a checkpoint) in its last step's phase."""
         self._pruner.phase = self.phase_at(max(global_step - 1, 0))  # the phase of the last step taken
         self._pruner.pruning_step = self.pruning_step_at(global_step)
         self._pruner.save_compact(directory, overwrite=overwrite)

@@ -37,7 +37,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
-from lightning_prune.integrations.driver import TrainingDriver, check_flag
+from lightning_prune.integrations.driver import TrainingDriver
 from lightning_prune.integrations.facade import DriverFacade
 from lightning_prune.integrations.lightning_support import (
     InstancePatches,
@@ -51,6 +51,7 @@ from lightning_prune.integrations.lightning_support import (
     rescue_checkpoint,
 )
 from lightning_prune.integrations.resume import config_fingerprint  # noqa: F401  (imported from here before)
+from lightning_prune.integrations.schedule import check_flag
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import Pruner
 

@@ -24,6 +24,12 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_flag(name: str, value: Any) -> None:
+    """Raise :class:`~lightning_prune.errors.PruningConfigError` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise PruningConfigError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def sampling_seed(seed: int, global_step: int, micro_batch: int) -> int:
     """A well-mixed 63-bit seed for the gate samples of one (micro-)batch, a pure function of its arguments.
 
