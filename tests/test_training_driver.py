@@ -180,3 +180,18 @@ def test_bad_options_are_refused_with_the_argument_named(kwargs, match):
     values.update(kwargs)
     with pytest.raises(PruningConfigError, match=match):
         TrainingDriver(**values)
+
+
+def test_the_driver_imports_no_training_framework():
+    import ast
+    from pathlib import Path
+
+    import lightning_prune.integrations as integrations
+
+    folder = Path(integrations.__file__).parent
+    for name in ("driver", "schedule", "facade", "resume", "optim"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        roots = {m.split(".")[0] for m in imported}
+        assert not roots & {"lightning", "pytorch_lightning", "lightning_fabric", "transformers"}, (name, roots)

@@ -252,18 +252,18 @@ class TrainingDriver(PhaseSchedule):
         extend_schedulers_(list(schedulers), groups_before, source, len(optimizer.param_groups) - groups_before)
         self.release()  # the hooks of a previous optimizer (samples are seeded again at every batch)
         self._hooks = [
-            optimizer.register_step_pre_hook(lambda *_: self.set_learning_rates()),
-            optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
+            optimizer.register_step_pre_hook(self.set_learning_rates),
+            optimizer.register_step_post_hook(self.after_optimizer_step),
         ]
         self.optimizer = optimizer
         self.set_learning_rates()
 
-    def set_learning_rates(self) -> None:
-        """Our groups' lr: ``gate_lr`` / ``lagrangian_lr`` in the ``prune`` phase, 0 otherwise."""
+    def set_learning_rates(self, *_: Any) -> None:
+        """Our groups' lr: ``gate_lr`` / ``lagrangian_lr`` in the ``prune`` phase, 0 otherwise (a step pre-hook)."""
         if self.optimizer is not None:
             set_group_learning_rates_(self.optimizer, self._pruner, self._phase == "prune")
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, *_: Any) -> None:
         """The post-step: clamp the gates (``pruner.pruning_step`` follows the global step in :meth:`set_step`)."""
         with torch.no_grad():
             for gate in self._pruner.gates.values():
