@@ -42,13 +42,16 @@ from lightning_prune.integrations.facade import DriverFacade
 from lightning_prune.integrations.lightning_support import (
     InstancePatches,
     add_penalty,
+    check_automatic_optimization,
     check_gate_state,
     check_sharded,
     check_strategy,
+    eval_mode_warning,
     find_model,
     known_total_steps,
     log_kept_units_figure,
     rescue_checkpoint,
+    the_optimizer,
 )
 from lightning_prune.integrations.resume import config_fingerprint  # noqa: F401  (imported from here before)
 from lightning_prune.integrations.schedule import check_flag
@@ -184,13 +187,7 @@ class PruningCallback(Callback, DriverFacade):
         if others:
             raise PruningConfigError("The trainer has more than one PruningCallback; use a single one.")
         if stage == "fit":
-            if not pl_module.automatic_optimization:
-                raise PruningConfigError(
-                    f"PruningCallback needs automatic optimization, but {type(pl_module).__name__} sets "
-                    "`automatic_optimization = False`. With manual optimization, attach the gates yourself: "
-                    "`pruner = lightning_prune.attach(self.model, config)` in `__init__`, add `pruner.penalty()` "
-                    "to the loss, optimize `pruner.param_groups(...)` and call `pruner.step()` after `opt.step()`."
-                )
+            check_automatic_optimization(pl_module)
             self._check_export_dir(trainer)
         check_strategy(trainer)
         if stage == "fit" or (trainer.max_steps is not None and trainer.max_steps > 0):
@@ -241,15 +238,8 @@ class PruningCallback(Callback, DriverFacade):
     # -- optimizer, phases, logging --------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise PruningConfigError(
-                f"{type(pl_module).__name__}.configure_optimizers returned {len(trainer.optimizers)} optimizers; "
-                "PruningCallback needs exactly one (automatic optimization) to add the gate groups to. "
-                "Return one optimizer over `self.parameters()`."
-            )
+        optimizer, schedulers = the_optimizer(trainer, pl_module)
         check_sharded(trainer, self.pruner)
-        optimizer = trainer.optimizers[0]
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         self.driver.hook_optimizer(optimizer, schedulers)
 
     @override
@@ -258,13 +248,9 @@ class PruningCallback(Callback, DriverFacade):
         if warning is not None:  # a smoke test (fast_dev_run) may stop anywhere
             rank_zero_warn(warning)
         self.driver.set_step(trainer.global_step)  # after a resume the global step is known only now
-        if not self.pruner.hf_model.training:
-            rank_zero_warn(
-                f"lightning-prune: `{type(pl_module).__name__}.{self._model_path}` is in eval mode at the start of "
-                "training (Hugging Face `from_pretrained` returns models in eval mode, and Lightning keeps submodule "
-                "modes), so the masks are deterministic and the gates learn from the penalty only. Call "
-                "`model.train()` in your LightningModule's `__init__` or `on_train_start`."
-            )
+        warning = eval_mode_warning(pl_module, self._model_path, self.pruner.hf_model)
+        if warning is not None:
+            rank_zero_warn(warning)
 
     @override
     def on_train_batch_start(

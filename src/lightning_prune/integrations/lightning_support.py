@@ -1,8 +1,10 @@
 """What :class:`~lightning_prune.PruningCallback` needs from Lightning besides its hooks.
 
 Finding the model inside a ``LightningModule`` (:func:`find_model`), the instance-level patches of its methods
-(:class:`InstancePatches`), the penalty added to what its ``training_step`` returns (:func:`add_penalty`), refusing
-strategies that would shard the gates (:func:`check_strategy`, :func:`check_sharded`), the run's length
+(:class:`InstancePatches`), the penalty added to what its ``training_step`` returns (:func:`add_penalty`), checks of
+the module and its optimizer (:func:`check_automatic_optimization`, :func:`the_optimizer`,
+:func:`eval_mode_warning`), refusing strategies that would shard the gates (:func:`check_strategy`,
+:func:`check_sharded`), the run's length
 (:func:`known_total_steps`), the gate entries of a checkpoint's ``state_dict`` (:func:`check_gate_state`), the
 rescue checkpoint of a failed export (:func:`rescue_checkpoint`) and the kept-units heatmap for TensorBoard / wandb
 (:func:`log_kept_units_figure`). The framework-neutral part of the run is the
@@ -112,6 +114,46 @@ def add_penalty(pruner: Pruner, output: Any, global_step: int) -> Any:
     raise PruningConfigError(
         "PruningCallback adds the pruning penalty to the loss that `training_step` returns, which must be a "
         f"Tensor or a dict with a Tensor under 'loss'; got {type(output).__name__}."
+    )
+
+
+def check_automatic_optimization(pl_module: pl.LightningModule) -> None:
+    """Refuse manual optimization: the callback adds the penalty to ``training_step``'s loss and the gate groups to
+    the one optimizer Lightning steps."""
+    if not pl_module.automatic_optimization:
+        raise PruningConfigError(
+            f"PruningCallback needs automatic optimization, but {type(pl_module).__name__} sets "
+            "`automatic_optimization = False`. With manual optimization, attach the gates yourself: "
+            "`pruner = lightning_prune.attach(self.model, config)` in `__init__`, add `pruner.penalty()` "
+            "to the loss, optimize `pruner.param_groups(...)` and call `pruner.step()` after `opt.step()`."
+        )
+
+
+def the_optimizer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.optim.Optimizer, list[Any]]:
+    """The run's one optimizer and the learning-rate schedulers built on it.
+
+    Raises:
+        PruningConfigError: ``configure_optimizers`` returned several optimizers (or none).
+    """
+    if len(trainer.optimizers) != 1:
+        raise PruningConfigError(
+            f"{type(pl_module).__name__}.configure_optimizers returned {len(trainer.optimizers)} optimizers; "
+            "PruningCallback needs exactly one (automatic optimization) to add the gate groups to. "
+            "Return one optimizer over `self.parameters()`."
+        )
+    optimizer = trainer.optimizers[0]
+    return optimizer, [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+
+
+def eval_mode_warning(pl_module: nn.Module, model_path: str | None, model: nn.Module) -> str | None:
+    """A warning when the pruned model is in eval mode as training starts (``None`` when it trains)."""
+    if model.training:
+        return None
+    return (
+        f"lightning-prune: `{type(pl_module).__name__}.{model_path}` is in eval mode at the start of "
+        "training (Hugging Face `from_pretrained` returns models in eval mode, and Lightning keeps submodule "
+        "modes), so the masks are deterministic and the gates learn from the penalty only. Call "
+        "`model.train()` in your LightningModule's `__init__` or `on_train_start`."
     )
 
 
