@@ -195,7 +195,8 @@ METHODS = [
 # (case, field, value, on the pruner's copy?, expected error class or None, regex)
 EDITS = [
     ("user's gate_lr", "gate_lr", 0.25, False, AttachStateError,
-     r"took its own copy, so setting `gate_lr`=0\.25 here would have no effect.*dataclasses\.replace\(config, gate_lr="),
+     r"took its own copy, so setting `gate_lr`=0\.25 here would have no effect.*"
+     r"dataclasses\.replace\(config, gate_lr="),
     ("user's warmup_steps", "warmup_steps", 7, False, AttachStateError,
      r"setting `warmup_steps`=7 here would have no effect"),
     ("user's structures", "structures", ("ffn",), False, AttachStateError, r"setting `structures`=\('ffn',\)"),

@@ -2,9 +2,11 @@
 
 Two pieces work together:
 
-- :class:`PruningTrainerCallback` holds the pruning settings (config, phases, export) and the
-  :class:`~lightning_prune.Pruner`; as a ``TrainerCallback`` it sets the phase at the start of training and
-  exports the compact model, its report and the kept-units heatmap when training ends (main process only).
+- :class:`PruningTrainerCallback` holds the pruning settings (config, phases, export) in its
+  :class:`~lightning_prune.integrations.driver.TrainingDriver` (``callback.driver``, shared with the Lightning
+  callback), which owns the :class:`~lightning_prune.Pruner`; as a ``TrainerCallback`` it sets the phase at the start
+  of training and of every step, and exports the compact model, its report and the kept-units heatmap when training
+  ends (main process only).
 - :class:`PruningTrainer` (a ``transformers.Trainer``) attaches the gates in ``__init__`` (before the
   optimizer exists), adds ``pruner.penalty()`` to the training loss in ``compute_loss``, puts gates and
   Lagrange multipliers into their own optimizer groups in ``create_optimizer`` and adds the pruning
@@ -25,7 +27,6 @@ Nothing here imports Lightning.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,20 +40,20 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.integrations.optim import (
-    extend_schedulers_,
-    regroup_optimizer_,
-    set_group_learning_rates_,
-)
-from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, config_mismatch, gate_shapes, run_record
-from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
+from lightning_prune.integrations.driver import TrainingDriver
+from lightning_prune.integrations.facade import DriverFacade
+from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, read_resume_record, write_resume_record
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
 log = logging.getLogger("lightning_prune")
 
 
-class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=5)
+
+
+class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
     """Pruning settings, phases and export for a :class:`PruningTrainer`.
 
     Pass it in ``callbacks=[...]`` of a :class:`PruningTrainer` (a plain ``transformers.Trainer`` cannot add the
@@ -64,6 +65,9 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
        (``config.warmup_steps`` ramps the target from 0, counted from the end of the dense phase);
     3. ``frozen`` (from step ``freeze_after_steps`` on, if given): deterministic masks, gates and multipliers
        no longer move, so the model fine-tunes with its final architecture.
+
+    ``callback.driver`` is the :class:`~lightning_prune.integrations.driver.TrainingDriver` behind it (the same as
+    :class:`~lightning_prune.PruningCallback`'s); the options below read and write its values.
 
     Args:
         config: the method config, e.g. ``lightning_prune.L0Config(target_sparsity=0.5)``.
@@ -117,53 +121,44 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         reset_optimizer_at_freeze: bool | None = None,
         schedule: str = "auto",
     ) -> None:
-        self._init_options(
+        self.driver = TrainingDriver(
             config,
             export_dir,
             dense_steps,
             freeze_after_steps,
             seed,
             adapter,
-            overwrite_export=overwrite_export,
-            plot=plot,
-            log_stats=log_stats,
-            reset_optimizer_at_freeze=reset_optimizer_at_freeze,
-            schedule=schedule,
+            overwrite_export,
+            plot,
+            log_stats,
+            reset_optimizer_at_freeze,
+            schedule,
+            overwrite_hint="PruningTrainerCallback(..., overwrite_export=True)",
+            info=log.info,
+            warn=_warn,
         )
-        self._pruner: Pruner | None = None
-        self._phase = "dense" if self.dense_steps > 0 else "prune"
-        self._base_seed = 0
-        self._micro = (-1, 0)  # (global step, micro-batches seen at that step)
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._hooks: list[Any] = []
 
     # -- wiring (called by PruningTrainer) -------------------------------------------------------------
     def attach(self, model: nn.Module, base_seed: int = 0, total_steps: int | None = None) -> Pruner:
         """Attach the gates to ``model`` (once; later calls with the same model return the same pruner).
 
         ``total_steps``: the run's optimizer steps, for ``schedule="auto"`` (``None``: unknown)."""
-        if self._pruner is not None and getattr(model, STATE_ATTRIBUTE, None) is self._pruner.state:
-            return self._pruner
-        self._resolve_schedule(total_steps, log.info)
-        self._pruner = Pruner(model, self.config, adapter=self.adapter)
-        self._base_seed = self.seed if self.seed is not None else base_seed
+        if self.driver.attached_to(model):
+            return self.pruner
+        self.driver.resolve_schedule(total_steps)
+        pruner = self.driver.attach(model)
+        self.driver.use_seed(base_seed)
         self.set_step(0)
-        return self._pruner
+        return pruner
 
     def check_export_dir(self) -> None:
         """Raise :class:`~lightning_prune.errors.ExportDirectoryError` if ``export_dir`` cannot receive the export."""
-        if self.export_dir is None:
-            return
-        from lightning_prune.export.io import check_export_dir
-
-        check_export_dir(self.export_dir, self.overwrite_export, "PruningTrainerCallback(..., overwrite_export=True)")
+        self.driver.check_export_dir()
 
     def write_resume_record(self, checkpoint_dir: str | Path) -> None:
         """Write the config record (:func:`~lightning_prune.integrations.resume.run_record`) into a checkpoint
         directory, for :meth:`check_resume`."""
-        record = run_record(self.config, gate_shapes(self._pruner))
-        record.update(version=1, dense_steps=self.dense_steps, freeze_after_steps=self.freeze_after_steps)
-        Path(checkpoint_dir, RESUME_STATE_FILENAME).write_text(json.dumps(record, indent=2, default=str))
+        write_resume_record(checkpoint_dir, self.driver.resume_record())
 
     def check_resume(self, checkpoint_dir: str | Path) -> None:
         """Refuse to resume from ``checkpoint_dir`` if it was written with another pruning config or without gates,
@@ -172,14 +167,10 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         Raises:
             PruningConfigError: the message lists the differing config fields (or says the gates are missing).
         """
-        record_file = Path(checkpoint_dir) / RESUME_STATE_FILENAME
-        if record_file.is_file():
-            saved = json.loads(record_file.read_text())
-            problem = config_mismatch(saved, self.config, gate_shapes(self._pruner), "without `resume_from_checkpoint`")
-            if problem is not None:
-                raise PruningConfigError(problem)
+        saved, keys = read_resume_record(checkpoint_dir)
+        if saved is not None:
+            self.driver.check_record(saved, "without `resume_from_checkpoint`")
             return
-        keys = _checkpoint_weight_names(Path(checkpoint_dir))
         if keys is not None and not any(STATE_ATTRIBUTE in k.split(".") for k in keys):
             raise PruningConfigError(
                 f"The checkpoint {str(checkpoint_dir)!r} has no pruning gates (no `{STATE_ATTRIBUTE}` weights and no "
@@ -200,63 +191,19 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         ``lr_scheduler`` is a scheduler that already exists (one the user passed to the Trainer); it gets
         entries for the new groups.
         """
-        if optimizer is self._optimizer:
-            return
-        groups_before, source = regroup_optimizer_(optimizer, self._pruner)
-        added = len(optimizer.param_groups) - groups_before
-        if lr_scheduler is not None:
-            extend_schedulers_([lr_scheduler], groups_before, source, added)
-        for handle in self._hooks:
-            handle.remove()
-        # the pre-hook undoes what the Trainer's scheduler wrote into our groups after the previous step
-        self._hooks = [
-            optimizer.register_step_pre_hook(lambda *_: self._set_learning_rates()),
-            optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()),
-        ]
-        self._optimizer = optimizer
-        self._set_learning_rates()
+        self.driver.hook_optimizer(optimizer, [lr_scheduler] if lr_scheduler is not None else [])
 
     def set_step(self, global_step: int) -> None:
         """Set the phase and ``pruner.pruning_step`` for the optimizer step ``global_step``."""
-        phase = self.phase_at(global_step)
-        if phase != self._phase:
-            log.info("lightning-prune: phase '%s' -> '%s' at global step %d", self._phase, phase, global_step)
-            if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
-                self._pruner.maybe_init_gates_from_importance_()
-            self._at_freeze(phase, global_step, lambda message: warnings.warn(message, stacklevel=3), log.info)
-        self._phase = phase
-        # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps seeing
-        # them used (the penalty is 0·Σ gates outside the prune phase).
-        self._pruner.phase = phase
-        self._pruner.pruning_step = self.pruning_step_at(global_step)
-        self._set_learning_rates()
+        self.driver.set_step(global_step)
 
     def before_training_forward(self, global_step: int) -> None:
         """Phase and a per-micro-batch sampling seed before a training forward pass."""
-        step, seen = self._micro
-        micro = seen if step == global_step else 0
-        self._micro = (global_step, micro + 1)
-        self.set_step(global_step)
-        self._pruner.sample_seed = sampling_seed(self._base_seed, global_step, micro)
-
-    def _set_learning_rates(self) -> None:
-        if self._optimizer is not None:
-            set_group_learning_rates_(self._optimizer, self._pruner, self._phase == "prune")
-
-    def _after_optimizer_step(self) -> None:
-        with torch.no_grad():
-            for gate in self._pruner.gates.values():
-                gate.post_step_()
-
-    def log_stats_dict(self) -> dict[str, float]:
-        """The pruning statistics under ``pruning/`` (what :class:`PruningTrainer` adds to its logs)."""
-        stats = self._pruner.stats()
-        stats["phase"] = PHASE_INDEX[self._phase]
-        return {f"pruning/{k}": float(v) for k, v in stats.items()}
+        self.driver.start_batch(global_step)
 
     # -- TrainerCallback hooks -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        if self._pruner is None or self._optimizer is None:
+        if self.pruner is None or self.driver.optimizer is None:
             raise PruningConfigError(
                 "PruningTrainerCallback needs a lightning_prune.integrations.hf_trainer.PruningTrainer (it adds the "
                 "penalty to the loss and the gate groups to the optimizer); a plain transformers.Trainer cannot. "
@@ -273,44 +220,14 @@ class PruningTrainerCallback(transformers.TrainerCallback, PhaseSchedule):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._pruner.sample_seed = None
+        # the phase of `global_step` itself, so a run ending at `freeze_after_steps` freezes before the export (the
+        # Lightning callback exports in the phase of the last step taken)
         self.set_step(state.global_step)
-        if self._phase == "dense":
-            log.warning(
-                "lightning-prune: training ended in the dense phase (global step %d <= dense_steps=%d); the gates "
-                "never trained, so the export is the dense model.",
-                state.global_step,
-                self.dense_steps,
-            )
-        if state.is_world_process_zero and self.export_dir is not None:
-            self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
-            log.info("lightning-prune: exported to %s: %s", self.export_dir, self._pruner.last_report.summary())
-            if self.plot:
-                self._write_plot(self.export_dir)
+        warning = self.driver.finish(state.global_step)
+        if warning is not None:
+            log.warning(warning)
+        self.driver.export(state.is_world_process_zero)
         return control
-
-    def _write_plot(self, directory: Path) -> Path:
-        from lightning_prune.integrations.plots import PLOT_FILENAME, save_kept_units_plot
-
-        kept = {name: m.sum(-1).long().tolist() for name, m in self._pruner.deterministic_masks().items()}
-        units = {name: spec.units for name, spec in self._pruner.specs.items()}
-        title = f"Kept units per layer\n(target sparsity {self.config.target_sparsity} of {self.config.target})"
-        return save_kept_units_plot(kept, units, Path(directory) / PLOT_FILENAME, title=title)
-
-
-def _checkpoint_weight_names(directory: Path) -> list[str] | None:
-    """Names of the full-model weights in a Trainer checkpoint directory (``None``: no full-model weights file, e.g.
-    a peft adapter-only checkpoint)."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return list(json.loads(index.read_text()).get("weight_map", {}))
-    single = directory / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as f:
-            return list(f.keys())
-    return None
 
 
 class PruningTrainer(transformers.Trainer):

@@ -1,6 +1,8 @@
 """Lightning integration: :class:`PruningCallback` prunes while a ``Trainer`` fits, with no change to the module.
 
-What the callback does, hook by hook:
+The callback translates Lightning's hooks into calls of its
+:class:`~lightning_prune.integrations.driver.TrainingDriver` (``callback.driver``), which holds the schedule, the
+pruner, the optimizer groups, the statistics, the export and the checkpoint record. Hook by hook:
 
 - ``setup``: finds the model inside the ``LightningModule`` (see :func:`find_model`), attaches the gates
   (before ``configure_optimizers`` and before DDP wraps the module, so DDP all-reduces the gate gradients
@@ -8,9 +10,9 @@ What the callback does, hook by hook:
   level so the pruning penalty is added to the returned loss, and its ``on_load_checkpoint`` so a
   checkpoint from another pruning config is refused before its weights are loaded.
 - ``on_fit_start``: moves the gates and multipliers into their own optimizer groups
-  (:func:`~lightning_prune.integrations.optim.regroup_optimizer_`) and clamps the gates after each
-  optimizer step. Lightning restores optimizer state after this hook, so a resumed run regroups the same way
-  before the saved state is loaded.
+  (:func:`~lightning_prune.integrations.optim.regroup_optimizer_`), pins their learning rate before and clamps the
+  gates after each optimizer step. Lightning restores optimizer state after this hook, so a resumed run regroups
+  the same way before the saved state is loaded.
 - ``on_train_batch_start``: sets the phase from ``trainer.global_step`` (dense warm-up, pruning, frozen
   masks), ``pruner.pruning_step = global_step - dense_steps`` and a per-step sampling seed, so a resumed
   run continues exactly as an uninterrupted one.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,77 +36,36 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.adapters import resolve_adapter
-from lightning_prune.errors import ExportDirectoryError, PruningConfigError, UnsupportedModelError
-from lightning_prune.export.io import check_export_dir, export_dir_problem
-from lightning_prune.export.merge import unwrap_model
-from lightning_prune.integrations.fsdp import sharding_of
-from lightning_prune.integrations.optim import (
-    extend_schedulers_,
-    regroup_optimizer_,
-    set_group_learning_rates_,
+from lightning_prune.errors import ExportDirectoryError, PruningConfigError
+from lightning_prune.integrations.driver import TrainingDriver
+from lightning_prune.integrations.facade import DriverFacade
+from lightning_prune.integrations.lightning_support import (
+    InstancePatches,
+    add_penalty,
+    check_automatic_optimization,
+    check_gate_state,
+    check_sharded,
+    check_strategy,
+    eval_mode_warning,
+    find_model,
+    known_total_steps,
+    log_kept_units_figure,
+    rescue_checkpoint,
+    the_optimizer,
 )
-from lightning_prune.integrations.resume import (  # noqa: F401  (config_fingerprint: imported from here before)
-    config_fingerprint,
-    config_mismatch,
-    gate_shapes,
-    run_record,
-)
-from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, sampling_seed
+from lightning_prune.integrations.resume import config_fingerprint  # noqa: F401  (imported from here before)
+from lightning_prune.integrations.schedule import check_flag
 from lightning_prune.methods.base import PruningConfig
-from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
+from lightning_prune.pruner import Pruner
 
-_CALLBACK_NAME = "PruningCallback"
+# the names these checks had in this module before they moved to lightning_support
+_check_strategy, _check_sharded = check_strategy, check_sharded
+
 #: How a user of the callback (or of ``lightning-prune export``) replaces a non-empty export directory.
 OVERWRITE_HINT = "`overwrite_export=True` (`--overwrite true` for `lightning-prune export`)"
 
 
-def find_model(pl_module: nn.Module, model_attribute: str | None = None) -> tuple[str, nn.Module]:
-    """The model to prune inside ``pl_module`` and its attribute path.
-
-    The rule, in order: ``model_attribute`` if given (a dotted path such as ``"backbone.lm"``); else the
-    attribute ``model`` if it is a module; else the one direct child module that a registered adapter handles
-    (peft wrappers are looked through).
-
-    Raises:
-        UnsupportedModelError: nothing matched, or several children matched; the message names the attributes
-            that were looked at and how to pass ``model_attribute=``.
-    """
-    if model_attribute is not None:
-        try:
-            module = pl_module.get_submodule(model_attribute)
-        except AttributeError:
-            module = None
-        if not isinstance(module, nn.Module) or module is pl_module:
-            children = [name for name, _ in pl_module.named_children()]
-            raise UnsupportedModelError(
-                f"`model_attribute={model_attribute!r}` does not name a submodule of {type(pl_module).__name__}. "
-                f"Its child modules are {children}."
-            )
-        return model_attribute, module
-    model = getattr(pl_module, "model", None)
-    if isinstance(model, nn.Module):
-        return "model", model
-    looked: list[str] = []
-    matches: list[tuple[str, nn.Module]] = []
-    for name, child in pl_module.named_children():
-        looked.append(f"{name} ({type(child).__name__})")
-        try:
-            resolve_adapter(unwrap_model(child))
-        except UnsupportedModelError:
-            continue
-        matches.append((name, child))
-    if len(matches) == 1:
-        return matches[0]
-    what = "several child modules that registered adapters handle" if matches else "no model to prune"
-    raise UnsupportedModelError(
-        f"PruningCallback found {what} in {type(pl_module).__name__}: it looked for an attribute `model`, then "
-        f"for a single child module that a registered adapter handles, among {looked or 'no child modules'}. "
-        "Pass PruningCallback(config, model_attribute='<attribute name>') to say which module to prune."
-    )
-
-
-class PruningCallback(Callback, PhaseSchedule):
+class PruningCallback(Callback, DriverFacade):
     """Learn a structured pruning mask while a Lightning ``Trainer`` fits, then export the compact model.
 
     Add it to the trainer; nothing in the ``LightningModule`` changes (its ``training_step`` may return a
@@ -118,7 +78,9 @@ class PruningCallback(Callback, PhaseSchedule):
     3. ``frozen`` (from step ``freeze_after_steps`` on, if given): deterministic masks, gates and multipliers no
        longer move, so the model fine-tunes with its final architecture.
 
-    The gates stay attached after ``fit`` (``callback.pruner`` gives access to them).
+    The gates stay attached after ``fit`` (``callback.pruner`` gives access to them). ``callback.driver`` is the
+    :class:`~lightning_prune.integrations.driver.TrainingDriver` that runs the schedule, the optimizer groups and the
+    export; the options below read and write its values.
 
     Args:
         config: the method config, e.g. ``lightning_prune.L0Config(target_sparsity=0.5)``.
@@ -194,31 +156,29 @@ class PruningCallback(Callback, PhaseSchedule):
             raise PruningConfigError(
                 f"`model_attribute` must be a non-empty attribute name or None, got {model_attribute!r}."
             )
-        self._init_options(
+        self.driver = TrainingDriver(
             config,
             export_dir,
             dense_steps,
             freeze_after_steps,
             seed,
             adapter,
+            overwrite_export,
+            plot,
+            log_stats,
+            reset_optimizer_at_freeze,
+            schedule,
             config_hint=" HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`.",
-            overwrite_export=overwrite_export,
-            plot=plot,
-            log_stats=log_stats,
-            prog_bar=prog_bar,
-            reset_optimizer_at_freeze=reset_optimizer_at_freeze,
-            schedule=schedule,
+            overwrite_hint=OVERWRITE_HINT,
+            info=rank_zero_info,
+            warn=rank_zero_warn,
         )
+        check_flag("prog_bar", prog_bar)
+        self.prog_bar = prog_bar
         self.model_attribute = model_attribute
         self.example_inputs = example_inputs
-        self._pruner: Pruner | None = None
         self._model_path: str | None = None
-        self._phase = "dense" if self.dense_steps > 0 else "prune"
-        self._global_step = 0
-        self._base_seed = 0
-        self._patched: list[tuple[nn.Module, str, bool, Any]] = []
-        self._hooks: list[Any] = []
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._patches = InstancePatches()
 
     # -- setup / teardown ------------------------------------------------------------------------------
     @override
@@ -227,23 +187,17 @@ class PruningCallback(Callback, PhaseSchedule):
         if others:
             raise PruningConfigError("The trainer has more than one PruningCallback; use a single one.")
         if stage == "fit":
-            if not pl_module.automatic_optimization:
-                raise PruningConfigError(
-                    f"PruningCallback needs automatic optimization, but {type(pl_module).__name__} sets "
-                    "`automatic_optimization = False`. With manual optimization, attach the gates yourself: "
-                    "`pruner = lightning_prune.attach(self.model, config)` in `__init__`, add `pruner.penalty()` "
-                    "to the loss, optimize `pruner.param_groups(...)` and call `pruner.step()` after `opt.step()`."
-                )
+            check_automatic_optimization(pl_module)
             self._check_export_dir(trainer)
-        _check_strategy(trainer)
+        check_strategy(trainer)
         if stage == "fit" or (trainer.max_steps is not None and trainer.max_steps > 0):
-            self._resolve_schedule(_known_total_steps(trainer), rank_zero_info)
+            self.driver.resolve_schedule(known_total_steps(trainer))
         self.attach(pl_module)
-        self._base_seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self._patch(pl_module, "on_load_checkpoint", self._wrap_on_load_checkpoint)
+        self.driver.use_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        self._patches.patch(pl_module, "on_load_checkpoint", self._wrap_on_load_checkpoint)
         if stage == "fit":
-            self._patch(pl_module, "training_step", self._wrap_training_step)
-            self._set_phase(self.phase_at(trainer.global_step), trainer.global_step)
+            self._patches.patch(pl_module, "training_step", self._wrap_training_step)
+            self.driver.set_step(trainer.global_step)
 
     def attach(self, pl_module: nn.Module) -> Pruner:
         """Attach the gates to the model inside ``pl_module`` (once; later calls return the same pruner).
@@ -252,157 +206,71 @@ class PruningCallback(Callback, PhaseSchedule):
         ``Trainer.fit`` (as :meth:`export_checkpoint` does).
         """
         path, model = find_model(pl_module, self.model_attribute)
-        if self._pruner is not None and getattr(model, STATE_ATTRIBUTE, None) is self._pruner.state:
-            return self._pruner
-        self._pruner = Pruner(model, self.config, adapter=self.adapter, example_inputs=self.example_inputs)
+        if self.driver.attached_to(model):
+            return self.pruner
+        pruner = self.driver.attach(model, self.example_inputs)
         self._model_path = path
         rank_zero_info(
-            f"lightning-prune: gates on {list(self._pruner.specs)} of `{type(pl_module).__name__}.{path}` "
-            f"({type(self._pruner.hf_model).__name__}), target sparsity {self.config.target_sparsity} of "
+            f"lightning-prune: gates on {list(pruner.specs)} of `{type(pl_module).__name__}.{path}` "
+            f"({type(pruner.hf_model).__name__}), target sparsity {self.config.target_sparsity} of "
             f"{self.config.target}"
         )
-        return self._pruner
+        return pruner
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for module, name, had_own, previous in reversed(self._patched):
-            if had_own:
-                setattr(module, name, previous)
-            else:
-                module.__dict__.pop(name, None)
-        self._patched = []
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
-        self._optimizer = None
-        if self._pruner is not None:
-            self._pruner.sample_seed = None
-
-    def _patch(self, module: nn.Module, name: str, wrap) -> None:
-        # an instance attribute shadows the class's method; teardown puts back what was there before
-        had_own = name in module.__dict__
-        previous = module.__dict__.get(name)
-        setattr(module, name, wrap(getattr(module, name), module))
-        self._patched.append((module, name, had_own, previous))
+        self._patches.undo()
+        self.driver.release()
 
     def _check_export_dir(self, trainer: pl.Trainer) -> None:
-        message = None
-        if self.export_dir is not None and trainer.is_global_zero:
-            message = export_dir_problem(self.export_dir, self.overwrite_export, OVERWRITE_HINT)
+        message = self.driver.export_dir_problem() if trainer.is_global_zero else None
         message = trainer.strategy.broadcast(message, src=0)
         if message is not None:
             raise ExportDirectoryError(message)
 
-    # -- the loss --------------------------------------------------------------------------------------
     def _wrap_training_step(self, training_step, pl_module: nn.Module):
         @functools.wraps(training_step)
         def step_with_penalty(*args: Any, **kwargs: Any) -> Any:
-            return self._add_penalty(training_step(*args, **kwargs))
+            return add_penalty(self.pruner, training_step(*args, **kwargs), self.driver.global_step)
 
         return step_with_penalty
 
-    def _add_penalty(self, output: Any) -> Any:
-        if output is None:  # the user skips this batch
-            return None
-        loss = output.get("loss") if isinstance(output, Mapping) else output
-        self._pruner.check_loss(loss, "loss returned by `training_step`", self._global_step)
-        penalty = self._pruner.penalty()
-        if isinstance(output, torch.Tensor):
-            return output + penalty.to(output.dtype)
-        if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
-            out = dict(output)
-            out["loss"] = out["loss"] + penalty.to(out["loss"].dtype)
-            return out
-        raise PruningConfigError(
-            "PruningCallback adds the pruning penalty to the loss that `training_step` returns, which must be a "
-            f"Tensor or a dict with a Tensor under 'loss'; got {type(output).__name__}."
-        )
-
-    # -- optimizer and phases --------------------------------------------------------------------------
+    # -- optimizer, phases, logging --------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise PruningConfigError(
-                f"{type(pl_module).__name__}.configure_optimizers returned {len(trainer.optimizers)} optimizers; "
-                "PruningCallback needs exactly one (automatic optimization) to add the gate groups to. "
-                "Return one optimizer over `self.parameters()`."
-            )
-        _check_sharded(trainer, self._pruner)
-        optimizer = trainer.optimizers[0]
-        groups_before, source = regroup_optimizer_(optimizer, self._pruner)
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-        extend_schedulers_(schedulers, groups_before, source, len(optimizer.param_groups) - groups_before)
-        self._optimizer = optimizer
-        self._hooks.append(optimizer.register_step_post_hook(self._after_optimizer_step))
-        set_group_learning_rates_(optimizer, self._pruner, self._phase == "prune")
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        # a user's LR scheduler may have written our groups' lr after the last step: set it again
-        set_group_learning_rates_(optimizer, self._pruner, self._phase == "prune")
-
-    def _after_optimizer_step(self, *_: Any) -> None:
-        with torch.no_grad():
-            for gate in self._pruner.gates.values():
-                gate.post_step_()
+        optimizer, schedulers = the_optimizer(trainer, pl_module)
+        check_sharded(trainer, self.pruner)
+        self.driver.hook_optimizer(optimizer, schedulers)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        warning = None if trainer.fast_dev_run else self.schedule_warning(_known_total_steps(trainer), "max_steps")
+        warning = None if trainer.fast_dev_run else self.schedule_warning(known_total_steps(trainer), "max_steps")
         if warning is not None:  # a smoke test (fast_dev_run) may stop anywhere
             rank_zero_warn(warning)
-        # after a resume the global step is known only now
-        self._set_phase(self.phase_at(trainer.global_step), trainer.global_step)
-        if not self._pruner.hf_model.training:
-            rank_zero_warn(
-                f"lightning-prune: `{type(pl_module).__name__}.{self._model_path}` is in eval mode at the start of "
-                "training (Hugging Face `from_pretrained` returns models in eval mode, and Lightning keeps submodule "
-                "modes), so the masks are deterministic and the gates learn from the penalty only. Call "
-                "`model.train()` in your LightningModule's `__init__` or `on_train_start`."
-            )
+        self.driver.set_step(trainer.global_step)  # after a resume the global step is known only now
+        warning = eval_mode_warning(pl_module, self._model_path, self.pruner.hf_model)
+        if warning is not None:
+            rank_zero_warn(warning)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        self._global_step = step
-        self._set_phase(self.phase_at(step), step)
-        micro = batch_idx % max(1, trainer.accumulate_grad_batches)
-        self._pruner.sample_seed = sampling_seed(self._base_seed, step, micro)
+        self.driver.start_batch(trainer.global_step, batch_idx % max(1, trainer.accumulate_grad_batches))
 
-    def _set_phase(self, phase: str, global_step: int) -> None:
-        if phase != self._phase:
-            rank_zero_info(f"lightning-prune: phase '{self._phase}' -> '{phase}' at global step {global_step}")
-            if self._phase == "dense":  # the dense warm-up's importance scores set the gates (init_from_importance)
-                self._pruner.maybe_init_gates_from_importance_()
-            self._at_freeze(phase, global_step, rank_zero_warn, rank_zero_info)
-        self._phase = phase
-        self._global_step = global_step
-        # `requires_grad` stays on (unlike `Pruner.set_phase`): a zero lr stops the gates, and DDP keeps
-        # seeing them used (the penalty is 0·Σ gates outside the prune phase).
-        self._pruner.phase = phase
-        self._pruner.pruning_step = self.pruning_step_at(global_step)
-        if self._optimizer is not None:
-            set_group_learning_rates_(self._optimizer, self._pruner, phase == "prune")
-
-    # -- logging ---------------------------------------------------------------------------------------
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._global_step = trainer.global_step
+        self.driver.global_step = trainer.global_step
         if not (self.log_stats or self.prog_bar):
             return
         connector = getattr(trainer, "_logger_connector", None)
         if connector is not None and not (connector.should_update_logs or trainer.fast_dev_run):
             return
-        stats = self._pruner.stats()
-        stats["phase"] = PHASE_INDEX[self._phase]
+        stats = self.driver.statistics()
         if self.log_stats:
-            metrics = {f"pruning/{k}": float(v) for k, v in stats.items()}
+            metrics = self.driver.log_stats_dict(stats)
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=True, batch_size=1)
         if self.prog_bar:  # what a user watches: where the masks are, where the schedule wants them, the pull of λ
             bar = {"sparsity": stats["exact_sparsity"], "target": stats["target_sparsity"]}
@@ -413,64 +281,22 @@ class PruningCallback(Callback, PhaseSchedule):
     # -- export ----------------------------------------------------------------------------------------
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._global_step = trainer.global_step
-        self._pruner.pruning_step = self.pruning_step_at(trainer.global_step)
-        if self._phase == "dense":
-            rank_zero_warn(
-                f"lightning-prune: training ended in the dense phase (global step {trainer.global_step} <= "
-                f"dense_steps={self.dense_steps}); the gates never trained, so the export is the dense model."
-            )
-        failure: Exception | None = None
-        sharded = sharding_of(self._pruner)
-        if sharded is not None and self.export_dir is not None:  # FSDP2: every rank gathers, rank 0 writes
-            sharded.save_compact(self.export_dir, overwrite=self.overwrite_export)  # a failure raises on every rank
-        if trainer.is_global_zero:
-            kept = self._kept_units()
-            plot_path = None
-            if self.export_dir is not None:
-                try:
-                    if sharded is None:
-                        self._pruner.save_compact(self.export_dir, overwrite=self.overwrite_export)
-                except Exception as error:  # the run is not lost: keep what was trained, say how to export it
-                    failure = self._rescue(trainer, pl_module, error)
-                else:
-                    summary = self._pruner.last_report.summary()
-                    rank_zero_info(f"lightning-prune: exported to {self.export_dir}: {summary}")
-                    if self.plot:
-                        plot_path = self._write_plot(kept, self.export_dir)
-            if self.plot and failure is None:
-                self._log_figure(trainer, kept, plot_path)
+        warning = self.driver.finish(trainer.global_step)
+        if warning is not None:
+            rank_zero_warn(warning)
+
+        def rescue(error: Exception) -> Exception:
+            state = (self.state_key, self.state_dict())
+            return rescue_checkpoint(self.export_dir, pl_module, state, trainer.global_step, error)
+
+        plot_path, failure = self.driver.export(trainer.is_global_zero, rescue)
+        if trainer.is_global_zero and self.plot and failure is None:
+            log_kept_units_figure(trainer, self.pruner, plot_path)
         trainer.strategy.barrier("lightning_prune.export")  # no rank leaves fit() before the export exists
         if trainer.strategy.broadcast(failure is not None, src=0):  # every rank stops, none hangs at a barrier
             if failure is not None:
                 raise failure
             raise RuntimeError("lightning-prune: the export failed on rank 0 (see its error); nothing was exported.")
-
-    def _rescue(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: Exception) -> Exception:
-        """Save the trained module beside ``export_dir`` when the export fails, and return the error to raise
-        (the original error, with the rescue path and the command that exports it later in its message)."""
-        rescue = self.export_dir.with_name(f"{self.export_dir.name}.rescue.ckpt")
-        try:
-            torch.save(
-                {
-                    "state_dict": pl_module.state_dict(),
-                    "callbacks": {self.state_key: self.state_dict()},
-                    "global_step": trainer.global_step,
-                },
-                rescue,
-            )
-        except Exception as save_error:  # nothing more to do: report both
-            note = f" Saving the trained module to {str(rescue)!r} failed too ({save_error})."
-        else:
-            note = (
-                f" The trained module (gates included) was saved to {str(rescue)!r}: export it later with "
-                f"`PruningCallback(<same config>).export_checkpoint(<module built as for training>, {str(rescue)!r}, "
-                "export_dir=...)`."
-            )
-        try:
-            return type(error)(f"{error}{note}")
-        except Exception:  # an error class with another signature
-            return RuntimeError(f"lightning-prune: the export failed: {error!r}.{note}")
 
     def export_checkpoint(
         self,
@@ -492,86 +318,24 @@ class PruningCallback(Callback, PhaseSchedule):
         if target is None:
             raise PruningConfigError("No export directory: pass `export_dir=` or set the callback's `export_dir`.")
         overwrite = self.overwrite_export if overwrite is None else overwrite
-        check_export_dir(target, overwrite, OVERWRITE_HINT)
+        self.driver.check_export_dir(target, overwrite)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         pruner = self.attach(pl_module)
         self.check_checkpoint(pl_module, checkpoint)
         pl_module.load_state_dict(checkpoint["state_dict"])
         self.load_state_dict(checkpoint.get("callbacks", {}).get(self.state_key, {}))
-        step = int(checkpoint.get("global_step", self._global_step))
-        pruner.phase = self.phase_at(max(step - 1, 0))  # the phase of the last step taken
-        pruner.pruning_step = self.pruning_step_at(step)
-        pruner.save_compact(target, overwrite=overwrite)
-        if self.plot:
-            self._write_plot(self._kept_units(), target)
+        self.driver.export_to(target, overwrite, int(checkpoint.get("global_step", self.driver.global_step)))
         rank_zero_info(f"lightning-prune: exported {ckpt_path} to {target}: {pruner.last_report.summary()}")
         return target
 
-    def _kept_units(self) -> dict[str, list[int]]:
-        return {name: m.sum(-1).long().tolist() for name, m in self._pruner.deterministic_masks().items()}
-
-    def _write_plot(self, kept: dict[str, list[int]], directory: Path) -> Path:
-        from lightning_prune.integrations.plots import PLOT_FILENAME, save_kept_units_plot
-
-        units = {name: spec.units for name, spec in self._pruner.specs.items()}
-        return save_kept_units_plot(kept, units, Path(directory) / PLOT_FILENAME, title=self._plot_title())
-
-    def _plot_title(self) -> str:
-        return f"Kept units per layer\n(target sparsity {self.config.target_sparsity} of {self.config.target})"
-
-    def _log_figure(self, trainer: pl.Trainer, kept: dict[str, list[int]], plot_path: Path | None) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, (TensorBoardLogger, WandbLogger))]
-        if not loggers:
-            return
-        import matplotlib.pyplot as plt
-
-        from lightning_prune.integrations.plots import kept_units_figure, save_kept_units_plot
-
-        units = {name: spec.units for name, spec in self._pruner.specs.items()}
-        if plot_path is None:
-            plot_path = Path(tempfile.mkdtemp(prefix="lightning_prune_plot_")) / "kept_units.png"
-            save_kept_units_plot(kept, units, plot_path, title=self._plot_title())
-        for lg in loggers:
-            if isinstance(lg, TensorBoardLogger):
-                fig = kept_units_figure(kept, units, title=self._plot_title())
-                lg.experiment.add_figure("pruning/kept_units", fig, global_step=trainer.global_step, close=True)
-                plt.close(fig)
-            else:
-                lg.log_image(key="pruning/kept_units", images=[str(plot_path)], step=trainer.global_step)
-
     # -- checkpoints -----------------------------------------------------------------------------------
-    def _gate_shapes(self) -> dict[str, list[int]]:
-        return gate_shapes(self._pruner)
-
     @override
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "version": 1,
-            "phase": self._phase,
-            "global_step": self._global_step,
-            "dense_steps": self.dense_steps,
-            "freeze_after_steps": self.freeze_after_steps,
-            "seed": self._base_seed,
-            "config": self.config.to_dict(),
-        }
-        if self._pruner is not None:
-            state["pruning_step"] = self.pruning_step_at(self._global_step)
-            state.update(run_record(self.config, self._gate_shapes()))
-        return state
+        return self.driver.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._phase = state_dict.get("phase", self._phase)
-        self._global_step = int(state_dict.get("global_step", self._global_step))
-        if self.seed is None:  # keep the seed of the interrupted run so its samples continue exactly
-            self._base_seed = int(state_dict.get("seed", self._base_seed))
-        if state_dict.get("dense_steps", self.dense_steps) != self.dense_steps:
-            rank_zero_warn(
-                f"lightning-prune: the checkpoint was trained with dense_steps={state_dict['dense_steps']}, this "
-                f"run uses {self.dense_steps}; phases follow the new value."
-            )
+        self.driver.load_state_dict(state_dict)
 
     def _wrap_on_load_checkpoint(self, on_load_checkpoint, pl_module: nn.Module):
         # Lightning calls the module's on_load_checkpoint right before it loads the state dict (and before the
@@ -590,72 +354,9 @@ class PruningCallback(Callback, PhaseSchedule):
             PruningConfigError: the message lists the differing gate shapes or config fields.
         """
         saved = checkpoint.get("callbacks", {}).get(self.state_key, {})
-        problem = config_mismatch(saved, self.config, self._gate_shapes(), "without `ckpt_path`")
-        if problem is not None:
-            raise PruningConfigError(problem)
+        self.driver.check_record(saved, "without `ckpt_path`")
         if pl_module is None or ("state_dict" not in checkpoint and saved):
             # a distributed checkpoint (ModelParallelStrategy's directory) loads the weights into the module itself:
             # no state_dict to compare here, and the callback state above says it comes from a pruning run
             return
-        state = checkpoint.get("state_dict", {})
-        current = {k: tuple(v.shape) for k, v in pl_module.state_dict().items() if STATE_ATTRIBUTE in k.split(".")}
-        stored = {k: tuple(v.shape) for k, v in state.items() if STATE_ATTRIBUTE in k.split(".")}
-        if not stored:
-            raise PruningConfigError(
-                "The checkpoint has no pruning gates (no `pruning_gates` entries in its state_dict): it was not "
-                "written by a run with PruningCallback. To prune from a dense checkpoint, load its weights into the "
-                "module before `trainer.fit` (e.g. `Module.load_from_checkpoint`) instead of passing `ckpt_path`."
-            )
-        bad = {
-            k: (stored.get(k), current.get(k))
-            for k in sorted(set(stored) | set(current))
-            if stored.get(k) != current.get(k)
-        }
-        if bad:
-            raise PruningConfigError(
-                f"The checkpoint's gates do not match this config's (checkpoint shape, current shape): {bad}. "
-                f"Use the pruning config (structures {saved.get('config', {}).get('structures', '?')}) it was "
-                "trained with, or start a new run without `ckpt_path`."
-            )
-
-
-def _check_strategy(trainer: pl.Trainer) -> None:
-    """Refuse Lightning's ``FSDPStrategy`` (FSDP1): it flattens the gates into the root's sharded ``FlatParameter``
-    (the penalty, the samples and the export read them outside any forward); it also needs CUDA."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(trainer.strategy, FSDPStrategy):
-        raise PruningConfigError(
-            "PruningCallback does not support `FSDPStrategy` (FSDP1): it would shard the gates and multipliers into "
-            "the root module's flat parameter. Use FSDP2 through `ModelParallelStrategy` and call "
-            "`lightning_prune.integrations.fsdp.shard_(self.model, mesh=self.device_mesh['data_parallel'])` in your "
-            "LightningModule's `configure_model` (it keeps the gates replicated and averages their gradients)."
-        )
-
-
-def _check_sharded(trainer: pl.Trainer, pruner: Pruner) -> None:
-    """Under FSDP2 the model must have been sharded by ``shard_``: a bare ``fully_shard`` shards the gates, and no
-    sharding at all under ``ModelParallelStrategy`` leaves their gradients different on every rank."""
-    from torch.distributed.tensor import DTensor
-
-    sharded_gates = [n for n, p in pruner.state.named_parameters() if isinstance(p, DTensor)]
-    model_parallel = type(trainer.strategy).__name__ == "ModelParallelStrategy"
-    if sharded_gates or (model_parallel and trainer.world_size > 1 and sharding_of(pruner) is None):
-        found = f"the gates are sharded DTensors ({sharded_gates[:2]})" if sharded_gates else "`shard_` was not called"
-        raise PruningConfigError(
-            f"PruningCallback under FSDP2: {found}. In `configure_model`, shard the model with "
-            "`lightning_prune.integrations.fsdp.shard_(self.model, mesh=self.device_mesh['data_parallel'])` instead "
-            "of calling `fully_shard` on it yourself: it keeps the gates and multipliers out of the shards, averages "
-            "their gradients across ranks and exports from a full state dict."
-        )
-
-
-def _known_total_steps(trainer: pl.Trainer) -> int | None:
-    """The run's optimizer steps when the trainer knows them before training (``max_steps``, or epochs × batches)."""
-    if trainer.max_steps is not None and trainer.max_steps > 0:
-        return int(trainer.max_steps)
-    try:
-        total = trainer.estimated_stepping_batches
-    except Exception:  # an iterable without a length, or a loop Lightning cannot size: unknown
-        return None
-    return int(total) if total != float("inf") else None
+        check_gate_state(pl_module, checkpoint, saved)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -98,3 +99,23 @@ def save_kept_units_plot(
     finally:
         plt.close(fig)
     return path
+
+
+def pruner_kept_units(pruner: Any) -> dict[str, list[int]]:
+    """Kept units per row of each structure under the pruner's deterministic masks."""
+    return {name: m.sum(-1).long().tolist() for name, m in pruner.deterministic_masks().items()}
+
+
+def pruner_units(pruner: Any) -> dict[str, int]:
+    """Units per row of each of the pruner's structures (the colour scale's 100%)."""
+    return {name: spec.units for name, spec in pruner.specs.items()}
+
+
+def pruner_plot_title(pruner: Any) -> str:
+    """The title of a pruner's heatmap: what it kept and the target it was given."""
+    return f"Kept units per layer\n(target sparsity {pruner.config.target_sparsity} of {pruner.config.target})"
+
+
+def save_pruner_plot(pruner: Any, path: str | Path) -> Path:
+    """:func:`save_kept_units_plot` of what ``pruner``'s deterministic masks keep."""
+    return save_kept_units_plot(pruner_kept_units(pruner), pruner_units(pruner), path, title=pruner_plot_title(pruner))

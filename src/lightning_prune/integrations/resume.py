@@ -2,8 +2,9 @@
 
 Shared by :class:`~lightning_prune.PruningCallback` (the record lives in the callback's state in the Lightning
 checkpoint) and :class:`~lightning_prune.integrations.hf_trainer.PruningTrainer` (a ``lightning_prune_state.json``
-next to the Trainer's checkpoint files), so both refuse the same checkpoints with the same message. Kept free of
-Lightning and of ``transformers``.
+next to the Trainer's checkpoint files, :func:`write_resume_record` / :func:`read_resume_record`) through their
+:class:`~lightning_prune.integrations.driver.TrainingDriver`, so both refuse the same checkpoints with the same
+message. Kept free of Lightning and of ``transformers``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning_prune.methods.base import PruningConfig
@@ -63,3 +65,28 @@ def config_mismatch(
         f"Differences (checkpoint, now): {diff | gate_diff}. Resume with the checkpoint's config, or start a new run "
         f"{fresh_start}."
     )
+
+
+def write_resume_record(checkpoint_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """Write ``record`` as :data:`RESUME_STATE_FILENAME` into a Hugging Face Trainer checkpoint directory."""
+    Path(checkpoint_dir, RESUME_STATE_FILENAME).write_text(json.dumps(record, indent=2, default=str))
+
+
+def read_resume_record(checkpoint_dir: str | Path) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """``(record, None)`` from a Trainer checkpoint directory that has :data:`RESUME_STATE_FILENAME`, else
+    ``(None, names of its full-model weights)``; the names are ``None`` without a full-model weights file (e.g. a
+    peft adapter-only checkpoint)."""
+    directory = Path(checkpoint_dir)
+    record_file = directory / RESUME_STATE_FILENAME
+    if record_file.is_file():
+        return json.loads(record_file.read_text()), None
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return None, list(json.loads(index.read_text()).get("weight_map", {}))
+    single = directory / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return None, list(f.keys())
+    return None, None
