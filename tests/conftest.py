@@ -35,6 +35,7 @@ def tiny_config(family: str = "llama", **overrides):
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
         "qwen3": transformers.Qwen3Config,
+        "phi3": transformers.Phi3Config,
     }[family]
     values = dict(
         hidden_size=64,
@@ -59,6 +60,16 @@ def tiny_causal_lm(family: str = "llama", seed: int = 0, **overrides):
     return model.float().eval()
 
 
+def tiny_phi3(cls_name: str = "Phi3ForCausalLM", seed: int = 0, **overrides):
+    """A tiny Phi-3 (fused qkv_proj / gate_up_proj) of class ``cls_name``, with :func:`tiny_config`'s sizes."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_config("phi3", **{"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **overrides})
+    return getattr(transformers, cls_name)(config).float().eval()
+
+
+PHI3_LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

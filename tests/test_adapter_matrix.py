@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cnn_models import image_batch, tiny_mlp, tiny_resnet
-from conftest import randomize_gates, tiny_causal_lm, with_lora
+from conftest import PHI3_LORA_TARGETS, randomize_gates, tiny_causal_lm, tiny_phi3, with_lora
 from test_bert_adapter import LORA_TARGETS as BERT_LORA
 from test_bert_adapter import tiny_encoder
 from test_gpt2_adapter import LORA_TARGETS as GPT2_LORA
@@ -26,6 +26,7 @@ from lightning_prune.export.report import count_parameters
 
 TRANSFORMERS = {
     "llama": (lambda: tiny_causal_lm("llama"), None),  # GQA: 8 query heads share 4 KV heads
+    "phi3": (lambda: tiny_phi3(), PHI3_LORA_TARGETS),  # fused qkv_proj / gate_up_proj
     "gpt2": (lambda: tiny_gpt2(), GPT2_LORA),
     "bert": (lambda: tiny_encoder(), BERT_LORA),
 }

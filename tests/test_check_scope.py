@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import randomize_gates, tiny_causal_lm, tiny_config
+from conftest import randomize_gates, tiny_causal_lm, tiny_config, tiny_phi3
 from test_bert_adapter import tiny_encoder
 from test_gpt2_adapter import tiny_gpt2
 
@@ -44,6 +44,8 @@ def _llama_family(family: str, kind: str) -> torch.nn.Module:
 
 
 def _build(cls_name: str) -> torch.nn.Module:
+    if cls_name.startswith("Phi3"):
+        return tiny_phi3(cls_name, num_labels=3)
     for family, prefix in PREFIX.items():
         if cls_name.startswith(prefix) and cls_name[len(prefix) :] in LLAMA_KINDS:
             return _llama_family(family, cls_name[len(prefix) :])
@@ -62,6 +64,8 @@ HEAD_ROWS += [
     for kind in LLAMA_KINDS
     for shape in ("uniform", "layer")
 ]
+PHI3_KINDS = ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification")  # no QA head
+HEAD_ROWS += [(f"Phi3{kind}", s, shape) for kind in PHI3_KINDS for s in STRUCTURES for shape in ("uniform", "layer")]
 HEAD_ROWS += [
     (cls, "heads+ffn+hidden", shape)
     for cls in (

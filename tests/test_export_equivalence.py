@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, randomize_gates, tiny_causal_lm, with_lora
+from conftest import FAMILIES, PHI3_LORA_TARGETS, randomize_gates, tiny_causal_lm, tiny_phi3, with_lora
 
 import lightning_prune as lp
 
@@ -33,11 +33,17 @@ def _unique_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+#: GQA models (8 query heads share 4 KV heads) with separate (Llama) and fused (Phi-3) projections, and their LoRA
+GQA = {"llama": (lambda: tiny_causal_lm("llama"), None), "phi3": (tiny_phi3, PHI3_LORA_TARGETS)}
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
 @pytest.mark.parametrize("structures", STRUCTURE_SETS, ids=["+".join(s) for s in STRUCTURE_SETS])
-def test_llama_gqa_export_equivalence(structures, lora):
-    model = tiny_causal_lm("llama")
-    model = with_lora(model) if lora else model
+@pytest.mark.parametrize("family", list(GQA))
+def test_gqa_export_equivalence(family, structures, lora):
+    build, targets = GQA[family]
+    model = build()
+    model = (with_lora(model) if targets is None else with_lora(model, targets=targets)) if lora else model
     one_block = {s: 1 for s in structures if s.endswith("_block")}  # 2 layers: drop one block of each kind
     pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=structures, keep_units=one_block))
     randomize_gates(pruner, seed=len(structures))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import FAMILIES, randomize_gates, tiny_causal_lm
+from conftest import FAMILIES, randomize_gates, tiny_causal_lm, tiny_phi3
 from test_gpt2_adapter import tiny_gpt2
 
 import lightning_prune as lp
@@ -23,15 +23,16 @@ from lightning_prune.export.verify import check_generation
 
 LLAMA_SETS = [("heads",), ("ffn",), ("hidden",), ("heads", "ffn", "hidden"), ("attn_block", "mlp_block")]
 LLAMA_SETS += [("qk_dims", "v_dims")]
-GPT2_SETS = LLAMA_SETS[:-1]
+GPT2_SETS = PHI3_SETS = LLAMA_SETS[:-1]  # no head-dim structures
 
 ROWS = [(f, s, u) for f in FAMILIES for s in LLAMA_SETS for u in (False, True)]
 ROWS += [("gpt2", s, u) for s in GPT2_SETS for u in (False, True)]
+ROWS += [("phi3", s, u) for s in PHI3_SETS for u in (False, True)]
 IDS = [f"{f}-{'+'.join(s)}-{'uniform' if u else 'per_layer'}" for f, s, u in ROWS]
 
 
 def _model(family: str) -> torch.nn.Module:
-    return tiny_gpt2() if family == "gpt2" else tiny_causal_lm(family)
+    return {"gpt2": tiny_gpt2, "phi3": tiny_phi3}.get(family, lambda: tiny_causal_lm(family))()
 
 
 def _attach(family: str, structures: tuple[str, ...], uniform: bool, seed: int = 3) -> lp.Pruner:

@@ -26,6 +26,7 @@ TEMPLATES = {
     "llama": ("llama", "Llama", ("llama", "mistral", "qwen2", "qwen3")),
     "bert": ("bert", "Bert", ("bert", "roberta")),
     "gpt2": ("gpt2", "GPT2", ("gpt2",)),
+    "phi3": ("phi3", "Phi3", ("phi3",)),
 }
 
 
@@ -70,6 +71,42 @@ def test_the_llama_template_runs_per_layer_shapes():
     with torch.no_grad():
         logits = model(input_ids=IDS).logits
     assert logits.shape == (1, IDS.shape[1], 32) and torch.isfinite(logits).all()
+
+
+def test_the_phi3_template_runs_per_layer_shapes():
+    module = template_module("phi3")
+    shapes = [
+        {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 8},
+        {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 0},  # both blocks pruned
+        {"num_attention_heads": 3, "num_key_value_heads": 3, "intermediate_size": 4},
+    ]
+    nominal = dict(  # nominal sizes (one head) pass Phi3Config's checks; the shapes override them
+        vocab_size=32,
+        hidden_size=16,
+        head_dim=8,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        num_hidden_layers=3,
+        intermediate_size=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = module.PrunedPhi3Config(layer_shapes=shapes, **nominal)
+    torch.manual_seed(0)
+    model = module.PrunedPhi3ForCausalLM(config).eval()
+    layers = model.model.layers
+    assert layers[0].self_attn.qkv_proj.out_features == (2 + 2 * 1) * 8 and layers[0].self_attn.o_proj.in_features == 16
+    assert layers[0].mlp.gate_up_proj.out_features == 2 * 8 and layers[2].mlp.down_proj.in_features == 4
+    assert type(layers[1].self_attn).__name__ == "_EmptyAttention" and type(layers[1].mlp).__name__ == "_EmptyMLP"
+    assert layers[2].self_attn.qkv_proj.out_features == (3 + 2 * 3) * 8
+    with torch.no_grad():
+        logits = model(input_ids=IDS).logits
+    assert logits.shape == (1, IDS.shape[1], 32) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match=r"layers \[0\]: the attention heads cannot share"):
+        module.PrunedPhi3Config(
+            layer_shapes=[{**shapes[0], "num_attention_heads": 3, "num_key_value_heads": 2}], **nominal
+        )
 
 
 def test_the_bert_template_runs_per_layer_shapes():

@@ -1,8 +1,8 @@
 """Model adapters and their registry.
 
-One folder per model family (``llama/``, ``bert/``, ``gpt2/``, ``depgraph/``); each registers its adapter (and,
-for a transformers family, its per-layer export classes) when it is imported. Register an adapter for a family the
-library does not know::
+One folder per model family (``llama/``, ``phi3/``, ``bert/``, ``gpt2/``, ``depgraph/``); each registers its
+adapter (and, for a transformers family, its per-layer export classes) when it is imported. Register an adapter for
+a family the library does not know::
 
     from lightning_prune.adapters import ModelAdapter, register_adapter
 
@@ -22,6 +22,7 @@ from lightning_prune.adapters.registry import available_adapters, register_adapt
 # The families register themselves in this order (later registrations are tried first).
 # isort: off
 from lightning_prune.adapters.llama import LlamaAdapter
+from lightning_prune.adapters.phi3 import Phi3Adapter
 from lightning_prune.adapters.bert import BertAdapter
 from lightning_prune.adapters.gpt2 import GPT2Adapter
 from lightning_prune.adapters.depgraph import DependencyGraphAdapter
@@ -37,6 +38,7 @@ __all__ = [
     "resolve_adapter",
     "available_adapters",
     "LlamaAdapter",
+    "Phi3Adapter",
     "BertAdapter",
     "GPT2Adapter",
     "DependencyGraphAdapter",

@@ -207,6 +207,11 @@ class ModelAdapter(abc.ABC):
     def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random inputs for the equivalence check."""
 
+    def refused_structures(self) -> dict[str, str]:
+        """Structures the family has that this model cannot export, each with the reason and what to do instead
+        (:func:`~lightning_prune.attach` refuses them with it). None by default."""
+        return {}
+
     def uniform_masks(
         self, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], fixed: set[str]
     ) -> dict[str, torch.Tensor]:

@@ -84,6 +84,12 @@ class Pruner(MasksMixin, TrainingMixin, ParamGroupsMixin, StatsMixin, ExportMixi
         extra = {"example_inputs": example_inputs} if getattr(adapter_cls, "accepts_example_inputs", False) else {}
         self.adapter: ModelAdapter = adapter_cls(self.hf_model, **extra)
         available = self.adapter.structures()
+        refused = {s: why for s, why in self.adapter.refused_structures().items() if s in config.structures}
+        if refused:
+            raise UnsupportedModelError(
+                f"The {self.adapter.name} adapter cannot prune {list(refused)} of {type(self.hf_model).__name__}: "
+                + " ".join(dict.fromkeys(refused.values()))
+            )
         unknown = [s for s in config.structures if s not in available]
         if unknown:
             described = "; ".join(f"{k}: {STRUCTURE_DOCS.get(k, '')}" for k in available)

@@ -40,10 +40,19 @@ class LlamaAdapter(ModelAdapter):
     """
 
     model_types = tuple(LLAMA_FAMILIES)
+    #: model_type -> class-name prefix of every model type the adapter covers
+    families: dict[str, str] = LLAMA_FAMILIES
+    #: head classes (class-name suffixes) -> the linear head reading the final hidden state (``None``: a backbone)
+    kinds: dict[str, str | None] = SUPPORTED_KINDS
+    #: the projections of every attention / MLP block, each an ``nn.Linear`` (or a peft wrapper around one)
+    projections: dict[str, tuple[str, ...]] = {
+        "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "mlp": ("gate_proj", "up_proj", "down_proj"),
+    }
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", None) in LLAMA_FAMILIES
+        return getattr(getattr(model, "config", None), "model_type", None) in cls.families
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -52,13 +61,14 @@ class LlamaAdapter(ModelAdapter):
         if missing:
             raise UnsupportedModelError(f"The model's config lacks {missing}; the Llama adapter needs them.")
         self.family = config.model_type
-        class_prefix = LLAMA_FAMILIES[self.family]
-        self.kind = model_kind(model, class_prefix)
+        class_prefix = self.families[self.family]
+        self.kind = model_kind(model, class_prefix, self.kinds)
         if self.kind is None:
-            supported = ", ".join(f"{class_prefix}{kind}" for kind in SUPPORTED_KINDS)
+            supported = ", ".join(f"{class_prefix}{kind}" for kind in self.kinds)
             raise UnsupportedModelError(
-                f"The llama adapter supports {supported} (model_type={self.family!r}), not {type(model).__name__}. "
-                "Prune one of those (e.g. the backbone, or the causal LM) and put your own head on the export."
+                f"The {self.name} adapter supports {supported} (model_type={self.family!r}), "
+                f"not {type(model).__name__}. Prune one of those (e.g. the backbone, or the causal LM) and put your "
+                "own head on the export."
             )
         self.backbone = model.base_model  # LlamaModel (the model itself when given a bare LlamaModel)
         self.prefix = "" if self.backbone is model else f"{model.base_model_prefix}."
@@ -77,24 +87,21 @@ class LlamaAdapter(ModelAdapter):
         self.qk_norms = getattr(self.layers[0].self_attn, "q_norm", None) is not None
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
-        attn0, mlp0 = self.layers[0].self_attn, self.layers[0].mlp
-        for owner, names in (
-            (attn0, ("q_proj", "k_proj", "v_proj", "o_proj")),
-            (mlp0, ("gate_proj", "up_proj", "down_proj")),
-        ):
+        for block, names in self.projections.items():
+            owner = getattr(self.layers[0], block)
             for n in names:
                 if not isinstance(base_layer(getattr(owner, n, None) or nn.Identity()), nn.Linear):
                     raise UnsupportedModelError(
                         f"Expected `{n}` to be an nn.Linear in {type(owner).__name__} (is the model quantized?). "
                         "Pruning a quantized base is not supported: prune in bf16/fp32, then quantize the export."
                     )
-        if base_layer(attn0.q_proj).out_features != self.num_heads * self.head_dim:
-            raise UnsupportedModelError(
-                f"q_proj has {base_layer(attn0.q_proj).out_features} outputs, expected "
-                f"num_attention_heads*head_dim = {self.num_heads * self.head_dim}; "
-                "the config does not match the weights."
-            )
-        self.head_name = SUPPORTED_KINDS[self.kind]
+        for path, (rows, expected) in self.projection_rows().items():
+            found = base_layer(self.layers[0].get_submodule(path)).out_features
+            if found != rows:
+                raise UnsupportedModelError(
+                    f"{path} has {found} outputs, expected {expected} = {rows}; the config does not match the weights."
+                )
+        self.head_name = self.kinds[self.kind]
         self.head = None if self.head_name is None else getattr(model, self.head_name)
         if self.head is not None and not isinstance(base_layer(self.head), nn.Linear):
             raise UnsupportedModelError(
@@ -107,6 +114,16 @@ class LlamaAdapter(ModelAdapter):
             and self.head is not None
             and (base_layer(self.head).weight is base_layer(self.backbone.embed_tokens).weight)
         )
+
+    def projection_rows(self) -> dict[str, tuple[int, str]]:
+        """The output rows the config implies for projections of a layer (checked at attach), with how they follow."""
+        return {"self_attn.q_proj": (self.num_heads * self.head_dim, "num_attention_heads*head_dim")}
+
+    def fused_parts(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Fused projections of a layer: ``{path: ((projection it stacks, rows), ...)}``, the Llama projections whose
+        rows it holds, in order. Cost terms, surgery and checks see a fused family through them as the Llama layout.
+        None in the Llama family (Phi-3 has ``qkv_proj`` and ``gate_up_proj``)."""
+        return {}
 
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:

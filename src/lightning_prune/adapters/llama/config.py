@@ -28,10 +28,10 @@ SUPPORTED_KINDS: dict[str, str | None] = {
 }
 
 
-def model_kind(model: nn.Module, prefix: str) -> str | None:
+def model_kind(model: nn.Module, prefix: str, kinds: dict[str, str | None] = SUPPORTED_KINDS) -> str | None:
     """The supported kind of ``model`` (``"ForCausalLM"`` for ``LlamaForCausalLM`` or a subclass), else ``None``."""
     for cls in type(model).__mro__:
-        for kind in SUPPORTED_KINDS:
+        for kind in kinds:
             if cls.__name__ == f"{prefix}{kind}":
                 return kind
     return None

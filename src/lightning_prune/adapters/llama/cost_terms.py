@@ -28,11 +28,12 @@ def llama_cost_terms(adapter: LlamaAdapter, flops_seq_len: int) -> list[CostTerm
     hidden = Dim(d, "hidden", 0, 1)
     terms: list[CostTerm] = []
     covered: set[str] = set()
+    # a fused projection (Phi-3's qkv_proj) holds the rows of several Llama projections: one term for each part
+    home = {part: fused for fused, parts in adapter.fused_parts().items() for part, _ in parts}
     embed = base_layer(adapter.backbone.embed_tokens)
     terms.append(CostTerm("embed_tokens", out=hidden, inp=Dim(embed.num_embeddings)))
     covered.add(f"{adapter.prefix}embed_tokens.weight")
     for l, layer in enumerate(adapter.layers):
-        attn, mlp = layer.self_attn, layer.mlp
         qk, v = (("qk_dims", l, hd // 2),), (("v_dims", l, hd),)  # fractions of every head's dims
         q = Dim(nh * hd, "heads", l, adapter.n_rep * hd, scaled_by=qk)
         k = Dim(nkv * hd, "heads", l, hd, scaled_by=qk)
@@ -48,9 +49,10 @@ def llama_cost_terms(adapter: LlamaAdapter, flops_seq_len: int) -> list[CostTerm
             ("v_proj", kv, hidden),
             ("o_proj", hidden, o_in),
         ):
-            mod = getattr(attn, name)
+            path = home.get(f"self_attn.{name}", f"self_attn.{name}")
+            mod = layer.get_submodule(path)
             terms.append(CostTerm(f"layers.{l}.self_attn.{name}", out, inp, a_gate, _has_bias(mod), True, True, 2.0))
-            covered.update({f"{base}self_attn.{name}.weight", f"{base}self_attn.{name}.bias"})
+            covered.update({f"{base}{path}.weight", f"{base}{path}.bias"})
         # attention scores (2 · T · query/key dims) and weighted values (2 · T · value dims) per token, no params
         terms.append(CostTerm(f"layers.{l}.self_attn.scores", q, Dim(flops_seq_len), a_gate, False, True, False, 2.0))
         terms.append(
@@ -61,9 +63,10 @@ def llama_cost_terms(adapter: LlamaAdapter, flops_seq_len: int) -> list[CostTerm
                 terms.append(CostTerm(f"layers.{l}.self_attn.{norm}", Dim(hd, "qk_dims", l, 2)))
                 covered.add(f"{base}self_attn.{norm}.weight")
         for name, out, inp in (("gate_proj", ffn, hidden), ("up_proj", ffn, hidden), ("down_proj", hidden, ffn)):
-            mod = getattr(mlp, name)
+            path = home.get(f"mlp.{name}", f"mlp.{name}")
+            mod = layer.get_submodule(path)
             terms.append(CostTerm(f"layers.{l}.mlp.{name}", out, inp, m_gate, _has_bias(mod), True, True, 2.0))
-            covered.update({f"{base}mlp.{name}.weight", f"{base}mlp.{name}.bias"})
+            covered.update({f"{base}{path}.weight", f"{base}{path}.bias"})
         for norm in ("input_layernorm", "post_attention_layernorm"):
             terms.append(CostTerm(f"layers.{l}.{norm}", hidden))
             covered.add(f"{base}{norm}.weight")

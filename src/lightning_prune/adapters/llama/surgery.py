@@ -4,6 +4,8 @@ per-layer classes)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,18 +28,40 @@ def _is_projection(key: str, block: str) -> bool:
     return key.split(".")[0] in _PROJECTIONS[block]
 
 
+@dataclass
+class SlicedWeights:
+    """The compact tensors of a Llama-layout model and the shapes they imply (what :func:`slice_llama_weights` cut).
+
+    Attributes:
+        new: compact tensors by plain-model key.
+        layer_shapes: per layer, the kept heads, KV heads and FFN channels (and head dims when pruned).
+        hidden_keep: indices of the kept hidden dims.
+        device: where the weights live.
+    """
+
+    new: dict[str, torch.Tensor]
+    layer_shapes: list[dict[str, Any]]
+    hidden_keep: torch.Tensor
+    device: torch.device
+
+
 def build_llama_compact(
-    adapter: LlamaAdapter, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    adapter: LlamaAdapter, state: Mapping[str, torch.Tensor], masks: dict[str, torch.Tensor]
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:meth:`~lightning_prune.adapters.ModelAdapter.build_compact` of ``adapter``'s model."""
-    from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
+    return assemble_llama_compact(adapter, state, slice_llama_weights(adapter, state, masks))
 
+
+def slice_llama_weights(
+    adapter: LlamaAdapter, state: Mapping[str, torch.Tensor], masks: dict[str, torch.Tensor]
+) -> SlicedWeights:
+    """Fold ``masks`` into the merged weights ``state`` (Llama's layout: separate q/k/v and gate/up projections) and
+    slice away the pruned units."""
     p, d, hd, nrep = adapter.prefix, adapter.hidden_size, adapter.head_dim, adapter.n_rep
     nh, nkv, L = adapter.num_heads, adapter.num_kv_heads, adapter.num_layers
     surgery = CompactState(state, masks)
     mask_of = surgery.mask
     hidden_m, h_keep = surgery.hidden(d)
-    d_new = int(h_keep.numel())
     head_m, ffn_m = mask_of("heads", L, nkv), mask_of("ffn", L, adapter.intermediate_size)
     attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
     qk_m, v_m = mask_of("qk_dims", L, hd // 2), mask_of("v_dims", L, hd)
@@ -125,7 +149,19 @@ def build_llama_compact(
         put(f"{adapter.head_name}.weight", w[:, h_keep])
         put(f"{adapter.head_name}.bias", b)
     surgery.finish()  # parameters no structure resizes, unchanged
+    return SlicedWeights(new, layer_shapes, h_keep, embed.device)
 
+
+def assemble_llama_compact(
+    adapter: LlamaAdapter, state: Mapping[str, torch.Tensor], sliced: SlicedWeights
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The compact model holding ``sliced``: the family's own class when its config can express the shapes, else
+    the per-layer classes. ``state``: the merged weights ``sliced`` was cut from (tensors no structure resized are
+    copied rather than shared with the live model)."""
+    from lightning_prune.export.assemble import assign_weights, parameters_on_meta  # local: avoids a cycle
+
+    hd, layer_shapes, h_keep = adapter.head_dim, sliced.layer_shapes, sliced.hidden_keep
+    d_new = int(h_keep.numel())
     config = plain_config_dict(adapter.model.config)  # a dict: strict configs validate on every setattr
     config.update(hidden_size=d_new, head_dim=hd)
     config_class = type(adapter.model.config)
@@ -145,6 +181,7 @@ def build_llama_compact(
         else:
             compact = build_per_layer_model(adapter.family, type(adapter.model).__name__, config, layer_shapes)
     uniform = standard is not None
-    assign_weights(compact, new, state, adapter.model, tied=f"{adapter.head_name}.weight" if adapter.tied else None)
+    tied = f"{adapter.head_name}.weight" if adapter.tied else None
+    assign_weights(compact, sliced.new, state, adapter.model, tied=tied)
     adapter._hidden_keep = h_keep.cpu()
-    return compact.to(embed.device), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
+    return compact.to(sliced.device), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
