@@ -14,6 +14,7 @@ NON_DEFAULT = {
     "l0": dict(target_sparsity=0.4, structures=("heads", "ffn"), gate_lr=0.3, keep_units={"heads": 1}),
     "l0-architecture": dict(structures=("heads", "ffn"), target_architecture={"heads": 2, "ffn": 8}),
     "ste": dict(target_sparsity=0.6, structures=("ffn",), warmup_steps=7),
+    "gradual": dict(target_sparsity=0.45, structures=("heads", "ffn"), warmup_steps=9, gate_lr=0.05, init_score=0.4),
     "polarization": dict(target_sparsity=0.3, decision="target"),
     "atp": dict(target_sparsity=0.5),
     "compresso": dict(target_sparsity=0.5),

@@ -73,6 +73,33 @@ def test_the_llama_template_runs_per_layer_shapes():
     assert logits.shape == (1, IDS.shape[1], 32) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ({"num_attention_heads": 3, "num_key_value_heads": 2, "intermediate_size": 8}, "cannot share 2 key/value"),
+        ({"num_attention_heads": 2, "num_key_value_heads": 0, "intermediate_size": 8}, "cannot share 0 key/value"),
+        (dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=4, qk_dim=4, rope_pairs=[0]), "rope"),
+            dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=4, qk_dim=4, rope_pairs=[0]),
+            "rope_pairs",
+        ),
+    ],
+)
+def test_the_llama_template_refuses_inconsistent_layer_shapes_when_built(shape, match):
+    """A saved config whose per-layer shapes cannot exist is refused when it is built (from_pretrained included)."""
+    module = template_module("llama")
+    with pytest.raises(ValueError, match=match):
+        module.PrunedLlamaConfig(
+            layer_shapes=[shape],
+            vocab_size=32,
+            hidden_size=16,
+            head_dim=8,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            num_hidden_layers=1,
+            intermediate_size=8,
+        )
+
+
 def test_the_phi3_template_runs_per_layer_shapes():
     module = template_module("phi3")
     shapes = [

@@ -33,6 +33,7 @@ class PrunedLlamaConfig(LlamaConfig):
     def __init__(self, layer_shapes=None, **kwargs):
         self.layer_shapes = list(layer_shapes or [])
         super().__init__(**kwargs)
+        self.validate()  # LlamaConfig's __init__ runs LlamaConfig's validators only, not the override below
 
     def validate(self):
         super().validate()
