@@ -79,9 +79,6 @@ def test_the_llama_template_runs_per_layer_shapes():
         ({"num_attention_heads": 3, "num_key_value_heads": 2, "intermediate_size": 8}, "cannot share 2 key/value"),
         ({"num_attention_heads": 2, "num_key_value_heads": 0, "intermediate_size": 8}, "cannot share 0 key/value"),
         (dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=4, qk_dim=4, rope_pairs=[0]), "rope"),
-            dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=4, qk_dim=4, rope_pairs=[0]),
-            "rope_pairs",
-        ),
     ],
 )
 def test_the_llama_template_refuses_inconsistent_layer_shapes_when_built(shape, match):
