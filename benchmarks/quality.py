@@ -494,6 +494,7 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+c": MethodEntry(_gradual_variant(0.1), _schedule(0.3, 0.4, True)),  # the L0 recipe's phases
     "gradual+a5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.1, 0.3, True)),
     "gradual+b5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.2, 0.4, True)),
+    "gradual+a10": MethodEntry(_gradual_variant(0.2, gate_lr=0.1), _schedule(0.1, 0.3, True)),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, dense=0.25, warmup=0.05, freeze=0.3)),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
