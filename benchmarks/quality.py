@@ -489,9 +489,10 @@ METHODS: dict[str, MethodEntry] = {
         _l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "attn_block", "mlp_block"))
     ),
     # gradual: dense (Fisher) / warm-up to the target / frozen with a fresh optimizer state, then fine-tuning
-    "gradual+a": MethodEntry(_gradual_variant(0.2), _schedule(0.1, 0.3, True)),  # cut done at two-stage's step
-    "gradual+b": MethodEntry(_gradual_variant(0.2), _schedule(0.2, 0.4, True)),
-    "gradual+c": MethodEntry(_gradual_variant(0.1), _schedule(0.3, 0.4, True)),  # the L0 recipe's phases
+    # (a/b/c: score lr 0.01; a5, a10: 0.05 (the GradualConfig default), 0.1)
+    "gradual+a": MethodEntry(_gradual_variant(0.2, gate_lr=0.01), _schedule(0.1, 0.3, True)),  # cut by two-stage's step
+    "gradual+b": MethodEntry(_gradual_variant(0.2, gate_lr=0.01), _schedule(0.2, 0.4, True)),
+    "gradual+c": MethodEntry(_gradual_variant(0.1, gate_lr=0.01), _schedule(0.3, 0.4, True)),  # the L0 recipe's phases
     "gradual+a5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.1, 0.3, True)),
     "gradual+b5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.2, 0.4, True)),
     "gradual+a10": MethodEntry(_gradual_variant(0.2, gate_lr=0.1), _schedule(0.1, 0.3, True)),

@@ -28,6 +28,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.pruner import Pruner
 
 
+def check_score_fields(init_score: float, score_clamp: float | None) -> None:
+    """The STE gate's ``init_score`` (positive) and ``score_clamp`` (positive or ``None``, at least ``init_score``)."""
+    positive_float(init_score, "init_score")
+    if score_clamp is not None:
+        positive_float(score_clamp, "score_clamp")
+        if init_score > score_clamp:
+            raise PruningConfigError(f"`init_score`={init_score} exceeds `score_clamp`={score_clamp}; lower it.")
+
+
 @register_method("ste")
 @dataclass
 class STEConfig(PruningConfig):
@@ -63,13 +72,7 @@ class STEConfig(PruningConfig):
                 "training mask. Leave it False; the Lagrangian brings the training mask to the target."
             )
         super().__post_init__()
-        positive_float(self.init_score, "init_score")
-        if self.score_clamp is not None:
-            positive_float(self.score_clamp, "score_clamp")
-            if self.init_score > self.score_clamp:
-                raise PruningConfigError(
-                    f"`init_score`={self.init_score} exceeds `score_clamp`={self.score_clamp}; lower it."
-                )
+        check_score_fields(self.init_score, self.score_clamp)
 
     def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:
         return {"init_score": self.init_score, "score_clamp": self.score_clamp}
