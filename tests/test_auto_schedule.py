@@ -126,3 +126,18 @@ def test_hf_trainer_default_callback_runs_the_recipe(tmp_path, by):
     hf.train()
     assert callback.phase == "frozen"
     assert hf.pruner.stats()["exact_sparsity"] >= 0.4
+
+
+def test_gradual_default_callback_runs_its_own_schedule():
+    from lightning_prune.phases import GRADUAL_SCHEDULE
+
+    callback = _quiet(lp.GradualConfig(target_sparsity=0.4, structures=("heads", "ffn")))
+    trainer(STEPS, [callback]).fit(lit_llama(), loader())
+    dense, warmup, freeze = recipes.phase_steps(STEPS, GRADUAL_SCHEDULE)
+    assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (
+        dense,
+        freeze,
+        True,
+    )
+    assert callback.pruner.config.warmup_steps == warmup and callback.phase == "frozen"
+    assert 0.4 <= callback.pruner.stats()["exact_sparsity"] <= 0.45  # exact at every step, so at the end too

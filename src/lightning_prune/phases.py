@@ -55,6 +55,14 @@ class L0Schedule:
 #: The schedule :func:`l0` uses unless told otherwise.
 L0_SCHEDULE = L0Schedule()
 
+#: The phases of :class:`~lightning_prune.GradualConfig` under ``schedule="auto"``: dense 10% (Fisher scores), the
+#: target reached over 20% with an exact mask at every step, frozen from 30% (the two-stage pipeline's cut) with a
+#: fresh optimizer state. Measured at 300 steps only (``benchmarks/quality.py``, issue #18); used at every length.
+GRADUAL_SCHEDULE = L0Schedule(dense=0.1, warmup=0.2, freeze=0.3)
+
+#: The schedule ``schedule="auto"`` uses per method name; other methods keep the manual defaults.
+AUTO_SCHEDULES: dict[str, L0Schedule] = {"l0": L0_SCHEDULE, "gradual": GRADUAL_SCHEDULE}
+
 
 def phase_steps(max_steps: int, schedule: L0Schedule = L0_SCHEDULE) -> tuple[int, int, int]:
     """``(dense_steps, warmup_steps, freeze_after_steps)`` of ``schedule`` for a run of ``max_steps`` optimizer steps

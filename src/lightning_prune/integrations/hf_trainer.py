@@ -87,8 +87,9 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
         reset_optimizer_at_freeze: when the masks freeze, forget the optimizer state of the model's weights (fresh
             moments for the final architecture, as after the cut of a prune-then-fine-tune pipeline).
         schedule: ``"auto"`` (default) or ``"manual"``, as in :class:`~lightning_prune.PruningCallback`: with an
-            ``L0Config`` and no phase argument given, the phases of :func:`lightning_prune.recipes.l0` for the run's
-            length (``max_steps``, or epochs × batches / gradient accumulation).
+            ``L0Config`` (or ``GradualConfig``) and no phase argument given, the method's measured phases
+            (``lightning_prune.phases.AUTO_SCHEDULES``) for the run's length (``max_steps``, or epochs × batches /
+            gradient accumulation).
 
     Raises:
         PruningConfigError: an argument is invalid.

@@ -112,7 +112,9 @@ class PruningCallback(Callback, DriverFacade):
             :func:`lightning_prune.recipes.l0` for the run's length (``max_steps``, or epochs × batches), measured
             best on ``benchmarks/quality.py`` (issue #18): runs of 200+ steps train dense 30%, reach the target over
             5% and freeze at 40% with a fresh optimizer state; shorter runs 10% / 30% / 50%. A config with
-            ``warmup_steps=0`` gets the recipe's warm-up. Other methods, or any phase argument given: ``"manual"``.
+            ``warmup_steps=0`` gets the recipe's warm-up. A :class:`~lightning_prune.GradualConfig`: dense 10%, warm-up
+            20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``). Other methods, or any phase argument
+            given: ``"manual"``.
             ``"manual"``: the values given (unset: no dense phase, no freeze, no reset).
 
     Raises:

@@ -80,9 +80,14 @@ class PhaseSchedule:
                 f"`reset_optimizer_at_freeze` must be True, False or None, got {reset_optimizer_at_freeze!r}."
             )
         given = (dense_steps, freeze_after_steps, reset_optimizer_at_freeze)
-        #: ``True`` while the phases wait for the run's length (``schedule="auto"``, nothing given, an L0 config).
+        from lightning_prune.phases import AUTO_SCHEDULES  # local: keeps this module import-light
+
+        #: ``True`` while the phases wait for the run's length (``schedule="auto"``, nothing given, a method with an
+        #: auto schedule: L0, gradual).
         self._auto_schedule = (
-            schedule == "auto" and all(v is None for v in given) and getattr(config, "method_name", "") == "l0"
+            schedule == "auto"
+            and all(v is None for v in given)
+            and getattr(config, "method_name", "") in AUTO_SCHEDULES
         )
         dense_steps = 0 if dense_steps is None else dense_steps
         if not is_int(dense_steps) or dense_steps < 0:
@@ -120,17 +125,18 @@ class PhaseSchedule:
             return False
         import copy  # local: keeps this module import-light
 
-        from lightning_prune.phases import L0_SCHEDULE, phase_steps
+        from lightning_prune.phases import AUTO_SCHEDULES, phase_steps
 
-        dense, warmup, freeze = phase_steps(int(total_steps), L0_SCHEDULE)
+        recipe = AUTO_SCHEDULES[self.config.method_name]
+        dense, warmup, freeze = phase_steps(int(total_steps), recipe)
         self.dense_steps, self.freeze_after_steps = dense, freeze
-        self.reset_optimizer_at_freeze = L0_SCHEDULE.reset_optimizer_at_freeze
+        self.reset_optimizer_at_freeze = recipe.reset_optimizer_at_freeze
         if self.config.warmup_steps == 0:
             config = copy.deepcopy(self.config)  # the user's object is left as it was
             config.warmup_steps = warmup
             self.config = config
         info(
-            f"lightning-prune: schedule 'auto' (lightning_prune.recipes.l0) for {total_steps} steps: dense {dense}, "
+            f"lightning-prune: schedule 'auto' ({self.config.method_name}) for {total_steps} steps: dense {dense}, "
             f"target warm-up {self.config.warmup_steps}, masks frozen from step {freeze} with a fresh optimizer state. "
             "Pass `dense_steps`/`freeze_after_steps` or `schedule='manual'` to choose yourself."
         )
