@@ -71,3 +71,25 @@ def config(**overrides) -> lp.L0Config:
     values = dict(CONVERGING)
     values.update(overrides)
     return lp.L0Config(**values)
+
+
+def hf_training_args(tmp_path, **overrides):
+    """Quiet CPU ``transformers.TrainingArguments`` for the HF Trainer tests (batch 4, lr 1e-3, no saving)."""
+    import transformers
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return transformers.TrainingArguments(**values)
+
+
+def hf_token_rows() -> list[dict]:
+    """The token data of :func:`loader` as HF Trainer rows (``input_ids`` = ``labels``)."""
+    return [{"input_ids": row, "labels": row} for row in loader().dataset.tensors[0]]

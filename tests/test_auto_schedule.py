@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 from conftest import tiny_causal_lm
-from lightning_helpers import lit_llama, loader, trainer
+from lightning_helpers import hf_token_rows, hf_training_args, lit_llama, loader, trainer
 
 import lightning_prune as lp
 from lightning_prune import recipes
@@ -102,19 +102,9 @@ def test_hf_trainer_default_callback_runs_the_recipe(tmp_path, by):
     transformers.set_seed(0)
     model = tiny_causal_lm("llama").train()
     callback = PruningTrainerCallback(lp.L0Config(target_sparsity=0.4), plot=False)
-    ids = loader().dataset.tensors[0]
-    data = [{"input_ids": row, "labels": row} for row in ids]  # 16 rows, batch 4: 4 steps per epoch
+    data = hf_token_rows()  # 16 rows, batch 4: 4 steps per epoch
     length = dict(max_steps=STEPS) if by == "max_steps" else dict(num_train_epochs=STEPS // 4)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        **length,
-    )
+    args = hf_training_args(tmp_path, **length)
     hf = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     dense, warmup, freeze = recipes.phase_steps(STEPS)
     assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 from lightning_helpers import lit_llama, loader, trainer
-from test_planted_structure import _plant, _precision_recall
+from test_planted_structure import _precision_recall, fit_to_teacher, planted_models
 
 import lightning_prune as lp
 from lightning_prune import PruningConfigError
@@ -45,33 +45,13 @@ def test_training_mask_meets_the_warmup_target_at_every_step_and_export_is_that_
 def test_scores_recover_planted_heads_and_channels_without_importance_init():
     """Every score starts equal (no dense phase): only the straight-through Taylor signal tells the planted noise
     units from the useful ones."""
-    teacher, student = tiny_causal_lm("llama", seed=0), tiny_causal_lm("llama", seed=0)
-    keep_groups = [{0, 3}, {1, 2}]
-    gen = torch.Generator().manual_seed(7)
-    keep_channels = [torch.randperm(96, generator=gen)[:48] for _ in range(2)]
-    _plant(teacher, student, keep_groups, keep_channels, 2 * 16)
-    student.requires_grad_(False)
-    truth = {
-        "heads": torch.tensor([[1.0 if g in keep_groups[l] else 0.0 for g in range(4)] for l in range(2)]),
-        "ffn": torch.zeros(2, 96),
-    }
-    for l in range(2):
-        truth["ffn"][l, keep_channels[l]] = 1.0
+    teacher, student, truth = planted_models()
     config = lp.GradualConfig(structures=("heads", "ffn"), target_sparsity=0.5, warmup_steps=100, gate_lr=0.05)
     pruner = lp.attach(student, config)
     pruner.state.regularizer.target_sparsity = float(pruner.cost.sparsity(truth))
     optimizer = torch.optim.Adam(pruner.param_groups(lr=0.0))
     pruner.hook_optimizer(optimizer)
-    student.train()
-    data = torch.Generator().manual_seed(1)
-    for _ in range(200):
-        ids = torch.randint(0, 128, (8, 12), generator=data)
-        with torch.no_grad():
-            target = teacher(input_ids=ids).logits
-        loss = torch.nn.functional.mse_loss(student(input_ids=ids).logits, target) / target.var()
-        optimizer.zero_grad()
-        (loss + pruner.penalty()).backward()
-        optimizer.step()
+    fit_to_teacher(student, teacher, pruner, optimizer, 200)
     masks = pruner.deterministic_masks()
     for name in ("heads", "ffn"):
         precision, recall = _precision_recall(masks[name], truth[name])

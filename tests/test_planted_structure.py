@@ -35,25 +35,43 @@ def _precision_recall(mask: torch.Tensor, truth: torch.Tensor) -> tuple[float, f
     return tp / max(float(predicted.sum()), 1.0), tp / max(float(planted.sum()), 1.0)
 
 
-def test_l0_gates_recover_planted_heads_and_channels():
+def planted_models():
+    """``(teacher, student, truth)``: the tiny Llama pair with 2 of 4 KV groups and 48 of 96 FFN channels per layer
+    planted as useful (``truth``: 1 = keep); the student's weights are frozen (only gates learn)."""
     torch.manual_seed(0)
     teacher = tiny_causal_lm("llama", seed=0)
     student = tiny_causal_lm("llama", seed=0)
-    nrep_hd = 2 * 16
     keep_groups = [{0, 3}, {1, 2}]
     gen = torch.Generator().manual_seed(7)
     keep_channels = [torch.randperm(96, generator=gen)[:48] for _ in range(2)]
-    _plant(teacher, student, keep_groups, keep_channels, nrep_hd)
-    for p in student.parameters():
-        p.requires_grad_(False)
-
+    _plant(teacher, student, keep_groups, keep_channels, 2 * 16)
+    student.requires_grad_(False)
     truth = {
         "heads": torch.tensor([[1.0 if g in keep_groups[l] else 0.0 for g in range(4)] for l in range(2)]),
         "ffn": torch.zeros(2, 96),
     }
     for l in range(2):
         truth["ffn"][l, keep_channels[l]] = 1.0
+    return teacher, student, truth
 
+
+def fit_to_teacher(student, teacher, pruner, optimizer, steps: int) -> None:
+    """``steps`` steps of the student (gates only) matching the teacher's logits (MSE / variance) plus the penalty."""
+    student.train()
+    data_gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.randint(0, 128, (8, 12), generator=data_gen)
+        with torch.no_grad():
+            target = teacher(input_ids=ids).logits
+        mse = torch.nn.functional.mse_loss(student(input_ids=ids).logits, target) / target.var()
+        loss = mse + pruner.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_l0_gates_recover_planted_heads_and_channels():
+    teacher, student, truth = planted_models()
     config = lp.L0Config(
         structures=("heads", "ffn"), target_sparsity=0.5, gate_lr=0.1, lagrangian_lr=0.01, warmup_steps=100
     )
@@ -63,17 +81,7 @@ def test_l0_gates_recover_planted_heads_and_channels():
     optimizer = torch.optim.Adam(pruner.param_groups(lr=0.0))
     pruner.hook_optimizer(optimizer)
 
-    student.train()
-    data_gen = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        ids = torch.randint(0, 128, (8, 12), generator=data_gen)
-        with torch.no_grad():
-            target = teacher(input_ids=ids).logits
-        mse = torch.nn.functional.mse_loss(student(input_ids=ids).logits, target) / target.var()
-        loss = mse + pruner.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_to_teacher(student, teacher, pruner, optimizer, 300)
 
     masks = pruner.deterministic_masks()
     report = {}

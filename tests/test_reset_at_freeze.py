@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 from conftest import tiny_causal_lm
-from lightning_helpers import config, lit_llama, loader, trainer
+from lightning_helpers import config, hf_token_rows, hf_training_args, lit_llama, loader, trainer
 
 import lightning_prune as lp
 from lightning_prune import recipes
@@ -76,18 +76,8 @@ def test_hf_trainer_resets_the_weights_state_at_the_freeze(tmp_path):
     callback = PruningTrainerCallback(
         config(), dense_steps=2, freeze_after_steps=FREEZE, plot=False, reset_optimizer_at_freeze=True
     )
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=STEPS,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    ids = loader().dataset.tensors[0]
-    data = [{"input_ids": row, "labels": row} for row in ids]
+    args = hf_training_args(tmp_path, max_steps=STEPS)
+    data = hf_token_rows()
     hf = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     hf.train()
     assert _adam_steps(hf.optimizer, _weights(model, hf.pruner)) == {STEPS - FREEZE}
