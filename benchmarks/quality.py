@@ -423,6 +423,11 @@ def _l0_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
     return lp.L0Config(target_sparsity=sparsity, structures=("heads", "ffn"), flops_seq_len=cfg.max_length)
 
 
+def _gradual_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
+    """Gradual pruning as a user gets it: ``GradualConfig``'s defaults, only the budget and the structures given."""
+    return lp.GradualConfig(target_sparsity=sparsity, structures=("heads", "ffn"), flops_seq_len=cfg.max_length)
+
+
 def _train_with_defaults(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
     """The callback with its defaults: ``schedule="auto"`` runs ``recipes.l0``'s phases for ``cfg.steps``."""
     callback = lp.PruningCallback(config, plot=False, log_stats=False, prog_bar=False, seed=cfg.seed)
@@ -453,6 +458,7 @@ def _l0_distill_config(sparsity: float, cfg: BenchConfig) -> lp.PruningConfig:
 METHODS: dict[str, MethodEntry] = {
     "l0": MethodEntry(_l0_config, _train_with_defaults),  # what a user gets: defaults, auto schedule
     "l0+distill": MethodEntry(_l0_distill_config, _train_with_defaults),
+    "gradual": MethodEntry(_gradual_config, _train_with_defaults),  # GradualConfig's defaults, auto schedule
     "l0+old": MethodEntry(  # the default row before session 6: the old rates on the demo's manual schedule
         _l0_variant(init_from_importance=True), _train_with_callback
     ),
@@ -501,7 +507,7 @@ METHODS: dict[str, MethodEntry] = {
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }
 #: Rows run by default (the study's variants are run by name with `--methods`).
-DEFAULT_METHODS = ("l0", "l0+distill", "ste", "polarization")
+DEFAULT_METHODS = ("l0", "l0+distill", "ste", "polarization", "gradual")
 
 
 def torch_pruning_two_stage_kd(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
