@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -131,3 +132,19 @@ def test_overwrite_replaces_directory_atomically(tmp_path, llama):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers
     assert (path / "model.safetensors").exists()
+
+
+def test_export_report_travels_with_the_model_through_save_and_load(tmp_path):
+    """``lp.export_report(model)``: the export's report from the model itself, after ``export`` and after
+    ``load_compact``; a model that did not come from an export has none."""
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=("heads", "ffn")))
+    randomize_gates(pruner, seed=2)
+    compact = pruner.export()
+    report = lp.export_report(compact)
+    assert report is pruner.last_report
+    assert report.params_after == sum(p.numel() for p in compact.parameters()) < report.params_before
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 * report.reference_scale
+    reloaded = lp.load_compact(pruner.save_compact(tmp_path / "compact", compact=compact))
+    assert dataclasses.asdict(lp.export_report(reloaded)) == dataclasses.asdict(report)
+    assert lp.export_report(tiny_causal_lm("llama")) is None

@@ -27,7 +27,7 @@ from lightning_prune.errors import (
     TrainingContractError,
     UnsupportedModelError,
 )
-from lightning_prune.export import ExportReport, load_compact, save_compact
+from lightning_prune.export import ExportReport, export_report, load_compact, save_compact
 from lightning_prune.export.history import load_pruned, save_pruned
 from lightning_prune.gates import Gate, HardConcreteGate, register_gate
 from lightning_prune.methods import ATPConfig, ATPController, L0Config, PATConfig, PruningConfig, register_method
@@ -64,6 +64,7 @@ __all__ = [
     "CollaborativePrompt",
     "PruningCallback",
     "load_compact",
+    "export_report",
     "save_compact",
     "save_pruned",
     "load_pruned",

@@ -14,6 +14,19 @@ REPORT_FILENAME = "lightning_prune_report.json"
 REPORT_ATTRIBUTE = "lightning_prune_report"
 
 
+def export_report(model: nn.Module) -> ExportReport | None:
+    """The :class:`ExportReport` of a compact model (``Pruner.export``, ``load_compact``, the callbacks' exports):
+    what was removed, the sizes, and the equivalence check's result. ``None`` for a model that did not come from an
+    export.
+
+    Example::
+
+        compact = pruner.export()
+        report = lightning_prune.export_report(compact)   # report.params_after, report.max_abs_diff, ...
+    """
+    return getattr(model, REPORT_ATTRIBUTE, None)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
