@@ -25,6 +25,7 @@ from lightning_prune.errors import (
     NonFiniteError,
     PruningConfigError,
     TrainingContractError,
+    UnknownNameError,
     UnsupportedModelError,
 )
 from lightning_prune.export import ExportReport, export_report, load_compact, save_compact
@@ -36,6 +37,7 @@ from lightning_prune.methods.gradual import GradualConfig
 from lightning_prune.methods.polarization import PolarizationConfig
 from lightning_prune.methods.ste import STEConfig
 from lightning_prune.pruner import Pruner, attach
+from lightning_prune.registry import Registry
 
 __version__ = "0.1.0"
 
@@ -85,4 +87,6 @@ __all__ = [
     "DependencyVersionError",
     "ExportDirectoryError",
     "TrainingContractError",
+    "UnknownNameError",
+    "Registry",
 ]

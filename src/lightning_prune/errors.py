@@ -12,6 +12,12 @@ class PruningConfigError(ValueError):
     """A configuration value is invalid (a target outside [0, 1), an unknown structure name, ...)."""
 
 
+class UnknownNameError(PruningConfigError, LookupError):
+    """A name is not in a registry (gate kinds, methods, adapters, generator backbones, ATP layouts, per-layer
+    families); the message names the kind, the name, the registered names and how to register one. ``except
+    PruningConfigError``, ``except ValueError`` and ``except LookupError`` all catch it."""
+
+
 class ExportDirectoryError(PruningConfigError, FileExistsError):
     """The export directory cannot receive the export: it is a file, it is not empty (and ``overwrite`` is off) or it
     is not writable. Raised before any export work, by ``Pruner.save_compact``, ``save_compact``, the Lightning and
@@ -21,6 +27,11 @@ class ExportDirectoryError(PruningConfigError, FileExistsError):
 
 class UnsupportedModelError(TypeError):
     """No registered model adapter can handle the model, or the model lacks something the adapter needs."""
+
+
+class UnknownAdapterError(UnknownNameError, UnsupportedModelError):
+    """No adapter is registered under the name asked for; also an :class:`UnsupportedModelError` (a ``TypeError``),
+    the type this lookup raised before the registries were unified."""
 
 
 class ExportMismatchError(RuntimeError):

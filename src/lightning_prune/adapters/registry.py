@@ -12,9 +12,8 @@ from typing import TypeVar
 from torch import nn
 
 from lightning_prune.adapters.base import ModelAdapter
-from lightning_prune.errors import UnsupportedModelError
-
-_ADAPTERS: dict[str, type[ModelAdapter]] = {}
+from lightning_prune.errors import UnknownAdapterError, UnsupportedModelError
+from lightning_prune.registry import Registry
 
 A = TypeVar("A", bound=type[ModelAdapter])
 
@@ -26,6 +25,14 @@ REGISTER_HINT = (
     "PruningCallback(config, example_inputs=...) in Lightning."
 )
 
+#: Adapter classes by name, in registration order (later ones are tried first by :func:`resolve_adapter`).
+#: Re-registering a name with another class raises.
+ADAPTERS: Registry[type[ModelAdapter]] = Registry(
+    "adapter",
+    "Register one with @lightning_prune.register_adapter('<name>') on a ModelAdapter subclass (docs/adapters.md).",
+    error=UnknownAdapterError,
+)
+
 
 def register_adapter(name: str) -> Callable[[A], A]:
     """Class decorator that registers a :class:`ModelAdapter` under ``name``. Later registrations are
@@ -34,37 +41,33 @@ def register_adapter(name: str) -> Callable[[A], A]:
     def wrap(cls: A) -> A:
         if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
             raise TypeError(f"register_adapter expects a ModelAdapter subclass, got {cls!r}.")
-        if name in _ADAPTERS and _ADAPTERS[name] is not cls:
-            raise ValueError(f"An adapter named {name!r} is already registered ({_ADAPTERS[name].__name__}).")
+        ADAPTERS.register(name, cls)
         cls.name = name
-        _ADAPTERS[name] = cls
         return cls
 
     return wrap
 
 
 def available_adapters() -> list[str]:
-    return list(_ADAPTERS)
+    return ADAPTERS.names()
 
 
 def resolve_adapter(model: nn.Module, name: str | None = None) -> type[ModelAdapter]:
     """The adapter class for ``model`` (or the one registered as ``name``)."""
     if name is not None:
-        if name not in _ADAPTERS:
-            raise UnsupportedModelError(f"No adapter named {name!r}. Registered adapters: {list(_ADAPTERS)}.")
-        return _ADAPTERS[name]
-    for cls in reversed(list(_ADAPTERS.values())):
+        return ADAPTERS.get(name)
+    for cls in reversed(ADAPTERS.values()):
         if cls.matches(model):
             return cls
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     raise UnsupportedModelError(
         f"No registered adapter handles {type(model).__name__} (model_type={model_type!r}). "
-        f"Registered adapters: {list(_ADAPTERS)} ({_supported_families()}). {REGISTER_HINT}"
+        f"Registered adapters: {ADAPTERS.names()} ({_supported_families()}). {REGISTER_HINT}"
     )
 
 
 def _supported_families() -> str:
     families = []
-    for cls in _ADAPTERS.values():
+    for cls in ADAPTERS.values():
         families.extend(getattr(cls, "model_types", ()))
     return "model types: " + ", ".join(families) if families else "no families"

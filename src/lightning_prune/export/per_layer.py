@@ -32,6 +32,8 @@ from typing import Any
 
 from torch import nn
 
+from lightning_prune.registry import Registry
+
 MODELING_FILENAME = "modeling_lightning_prune.py"
 MODEL_TYPE_PREFIX = "lightning_prune_"
 
@@ -72,7 +74,15 @@ class PerLayerFamily:
     template_names: tuple[str, str] = ("__FAMILY__", "__MODULE__")
 
 
-_FAMILIES: dict[str, PerLayerFamily] = {}
+#: Per-layer export families by model_type. Re-registering a model_type replaces its family (tests and third-party
+#: packages swap a template in and back).
+FAMILIES: Registry[PerLayerFamily] = Registry(
+    "per-layer family",
+    plural="model types",
+    hint="Register one with lightning_prune.export.per_layer.register_per_layer_family(model_type, "
+    "PerLayerFamily(...)).",
+    replace=True,
+)
 
 
 def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
@@ -86,7 +96,7 @@ def register_per_layer_family(model_type: str, family: PerLayerFamily) -> None:
     unknown = [k for k in family.kinds if k not in AUTO_CLASSES]
     if unknown:
         raise ValueError(f"Unknown model kinds {unknown} for {model_type!r}; known kinds: {list(AUTO_CLASSES)}.")
-    _FAMILIES[model_type] = family
+    FAMILIES.register(model_type, family)
 
 
 def register_per_layer_families(
@@ -110,9 +120,7 @@ def _template_path(template: str) -> Path:
 
 def per_layer_family(model_type: str) -> PerLayerFamily:
     """The registered :class:`PerLayerFamily` of ``model_type``."""
-    if model_type not in _FAMILIES:
-        raise ValueError(f"Per-layer export supports {sorted(_FAMILIES)}, not {model_type!r}.")
-    return _FAMILIES[model_type]
+    return FAMILIES.get(model_type)
 
 
 def without_export_keys(config: dict[str, Any]) -> dict[str, Any]:

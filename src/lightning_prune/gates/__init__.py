@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.base import Gate
 from lightning_prune.gates.generator import DecisionGenerator, GeneratorGate
 from lightning_prune.gates.hard_concrete import HardConcreteGate
 from lightning_prune.gates.scale import ScaleGate
 from lightning_prune.gates.ste import STEGate
+from lightning_prune.registry import Registry
 
-_GATES: dict[str, type[Gate]] = {}
+#: Gate kinds by name. Re-registering a name with another class raises.
+GATES: Registry[type[Gate]] = Registry(
+    "gate kind", "Register one with @lightning_prune.register_gate('<name>') on a Gate subclass."
+)
 
 G = TypeVar("G", bound=type[Gate])
 
@@ -29,26 +32,20 @@ def register_gate(name: str) -> Callable[[G], G]:
     def wrap(cls: G) -> G:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"Gate names must be identifiers, got {name!r}.")
-        if name in _GATES and _GATES[name] is not cls:
-            raise ValueError(f"A gate kind named {name!r} is already registered ({_GATES[name].__name__}).")
         if not (isinstance(cls, type) and issubclass(cls, Gate)):
             raise TypeError(f"register_gate expects a Gate subclass, got {cls!r}.")
-        _GATES[name] = cls
-        return cls
+        return GATES.register(name, cls)
 
     return wrap
 
 
 def gate_class(name: str) -> type[Gate]:
     """The gate class registered under ``name``; the error lists the known kinds."""
-    try:
-        return _GATES[name]
-    except KeyError:
-        raise PruningConfigError(f"Unknown gate kind {name!r}. Known kinds: {sorted(_GATES)}.") from None
+    return GATES.get(name)
 
 
 def available_gates() -> list[str]:
-    return sorted(_GATES)
+    return sorted(GATES)
 
 
 register_gate("hard_concrete")(HardConcreteGate)
@@ -66,4 +63,5 @@ __all__ = [
     "register_gate",
     "gate_class",
     "available_gates",
+    "GATES",
 ]

@@ -33,8 +33,13 @@ from torch import nn
 
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.gates.base import Gate
+from lightning_prune.registry import Registry
 
-_BACKBONES: dict[str, type[GeneratorBackbone]] = {}
+#: ATP generator backbones by name. Re-registering a name with another class raises.
+BACKBONES: Registry[type[GeneratorBackbone]] = Registry(
+    "generator backbone",
+    "Register another with lightning_prune.gates.generator.register_generator_backbone.",
+)
 
 B = TypeVar("B", bound=type["GeneratorBackbone"])
 
@@ -63,26 +68,17 @@ def register_generator_backbone(name: str) -> Callable[[B], B]:
     def wrap(cls: B) -> B:
         if not (isinstance(cls, type) and issubclass(cls, GeneratorBackbone)):
             raise TypeError(f"register_generator_backbone expects a GeneratorBackbone subclass, got {cls!r}.")
-        if name in _BACKBONES and _BACKBONES[name] is not cls:
-            raise ValueError(f"A generator backbone named {name!r} is already registered ({_BACKBONES[name]}).")
-        _BACKBONES[name] = cls
-        return cls
+        return BACKBONES.register(name, cls)
 
     return wrap
 
 
 def available_generator_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return sorted(BACKBONES)
 
 
 def generator_backbone_class(name: str) -> type[GeneratorBackbone]:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise PruningConfigError(
-            f"Unknown generator backbone {name!r}. Known backbones: {available_generator_backbones()}; register "
-            "another with lightning_prune.gates.generator.register_generator_backbone."
-        ) from None
+    return BACKBONES.get(name)
 
 
 @register_generator_backbone("transformer")

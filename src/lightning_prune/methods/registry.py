@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from lightning_prune.errors import PruningConfigError
+from lightning_prune.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.methods.base import PruningConfig
 
-_METHODS: dict[str, type[PruningConfig]] = {}
+#: Method config classes by name. Re-registering a name with another class raises.
+METHODS: Registry[type[PruningConfig]] = Registry(
+    "pruning method", "Register one with @lightning_prune.register_method('<name>') on a PruningConfig subclass."
+)
 
 C = TypeVar("C", bound=type["PruningConfig"])
 
@@ -20,9 +23,7 @@ def register_method(name: str) -> Callable[[C], C]:
     """Class decorator that registers a config class as the method ``name`` (used by the CLI and YAML)."""
 
     def wrap(cls: C) -> C:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"A method named {name!r} is already registered ({_METHODS[name].__name__}).")
-        _METHODS[name] = cls
+        METHODS.register(name, cls)
         cls.method_name = name
         return cls
 
@@ -30,11 +31,9 @@ def register_method(name: str) -> Callable[[C], C]:
 
 
 def method_config_class(name: str) -> type[PruningConfig]:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise PruningConfigError(f"Unknown pruning method {name!r}. Known methods: {sorted(_METHODS)}.") from None
+    """The config class registered as the method ``name``; the error lists the known methods."""
+    return METHODS.get(name)
 
 
 def available_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(METHODS)

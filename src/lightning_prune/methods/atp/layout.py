@@ -19,6 +19,7 @@ from torch import nn
 from lightning_prune.adapters.base import ModelAdapter
 from lightning_prune.adapters.head_dims import pair_units
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -50,30 +51,31 @@ class Coupling:
 
 
 Layout = Callable[[ModelAdapter, str], list[Coupling]]
-_LAYOUTS: dict[str, Layout] = {}
+#: ATP LoRA layouts by adapter name. Re-registering a name with another function raises.
+LAYOUTS: Registry[Layout] = Registry(
+    "ATP layout",
+    "Register one with lightning_prune.methods.atp.register_atp_layout (see layout.py for Llama), or use L0Config "
+    "for this model.",
+)
 
 
 def register_atp_layout(adapter_name: str) -> Callable[[Layout], Layout]:
     """Decorator registering ``fn(adapter, structure) -> list[Coupling]`` for the adapter ``adapter_name``."""
 
     def wrap(fn: Layout) -> Layout:
-        if adapter_name in _LAYOUTS and _LAYOUTS[adapter_name] is not fn:
-            raise ValueError(f"An ATP layout for {adapter_name!r} is already registered.")
-        _LAYOUTS[adapter_name] = fn
-        return fn
+        return LAYOUTS.register(adapter_name, fn)
 
     return wrap
 
 
 def couplings(adapter: ModelAdapter, structure: str) -> list[Coupling]:
     """The couplings of ``structure`` for ``adapter``; a clear error when the family has no ATP layout."""
-    if adapter.name not in _LAYOUTS:
-        raise PruningConfigError(
-            f"ATP does not know the LoRA layout of the {adapter.name!r} adapter (known: {sorted(_LAYOUTS)}). "
-            "Register one with lightning_prune.methods.atp.register_atp_layout (see layout.py for Llama), or use "
-            "L0Config for this model."
+    if adapter.name not in LAYOUTS:
+        raise LAYOUTS.error(
+            f"ATP does not know the LoRA layout of the {adapter.name!r} adapter (known: {sorted(LAYOUTS)}). "
+            + LAYOUTS.hint
         )
-    return _LAYOUTS[adapter.name](adapter, structure)
+    return LAYOUTS.get(adapter.name)(adapter, structure)
 
 
 @register_atp_layout("llama")
