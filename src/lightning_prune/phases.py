@@ -57,8 +57,9 @@ L0_SCHEDULE = L0Schedule()
 
 #: The phases of :class:`~lightning_prune.GradualConfig` under ``schedule="auto"``: dense 10% (Fisher scores), the
 #: target reached over 20% with an exact mask at every step, frozen from 30% (the two-stage pipeline's cut) with a
-#: fresh optimizer state. Measured at 300 steps (``benchmarks/quality.py``, issue #18; at 100 steps it trails L0's short-run
-#: phases by 2.8 points, 0.464 vs 0.492): used at every length, but prefer ``L0Config`` for short runs.
+#: fresh optimizer state. Measured at 300 steps (``benchmarks/quality.py``, issue #18; at 100 steps it trails
+#: L0's short-run phases by 2.8 points, 0.464 vs 0.492): used at every length, but prefer ``L0Config`` for short
+#: runs.
 GRADUAL_SCHEDULE = L0Schedule(dense=0.1, warmup=0.2, freeze=0.3)
 
 #: The schedule ``schedule="auto"`` uses per method name; other methods keep the manual defaults.
