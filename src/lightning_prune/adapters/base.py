@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.cost import CostTerm
+from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.structures import StructureSpec
 
 
@@ -241,3 +241,27 @@ def output_tensor(out: Any) -> torch.Tensor:
         return torch.stack([start, end], dim=-1)
     hidden = getattr(out, "last_hidden_state", None)
     return hidden if hidden is not None else out[0]
+
+
+def lm_head_term(adapter: Any, hidden: Dim, covered: set[str]) -> list[CostTerm]:
+    """The LM head's cost term (its input width follows ``hidden``; a head tied to the embeddings frees no
+    parameters of its own), ``[]`` for a model without one; its weight and bias are added to ``covered``."""
+    if adapter.head is None:
+        return []
+    head = base_layer(adapter.head)
+    covered.update({f"{adapter.head_name}.weight", f"{adapter.head_name}.bias"})
+    term = CostTerm(
+        adapter.head_name,
+        Dim(head.out_features),
+        hidden,
+        bias=head.bias is not None,
+        params=not adapter.tied,
+        flops_per_param=2.0,
+    )
+    return [term]
+
+
+def fixed_size_terms(model: nn.Module, covered: set[str]) -> list[CostTerm]:
+    """One fixed-size cost term per parameter of ``model`` that no structure resizes (not in ``covered``): the
+    dense size must count every parameter the export keeps."""
+    return [CostTerm(name, Dim(numel)) for name, numel in plain_parameter_sizes(model).items() if name not in covered]

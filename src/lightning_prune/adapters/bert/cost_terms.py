@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lightning_prune.adapters.base import base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import base_layer, fixed_size_terms
 from lightning_prune.cost import CostTerm, Dim
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +63,4 @@ def bert_cost_terms(adapter: BertAdapter, flops_seq_len: int) -> list[CostTerm]:
         terms.append(CostTerm(path, Dim(lin.out_features), hidden, bias=lin.bias is not None, flops_per_param=2.0))
         covered.update({f"{path}.weight", f"{path}.bias"})
     # Everything else (the classifier after the pooler, RoBERTa's out_proj, ...) keeps its size.
-    for name, numel in plain_parameter_sizes(adapter.model).items():
-        if name not in covered:
-            terms.append(CostTerm(name, Dim(numel)))
-    return terms
+    return terms + fixed_size_terms(adapter.model, covered)

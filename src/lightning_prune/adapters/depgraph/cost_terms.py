@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lightning_prune.adapters.depgraph.graph import _NORMS, _WEIGHTED, STRUCTURE, _channel_dim
+from lightning_prune.adapters.depgraph.graph import _NORMS, _WEIGHTED, STRUCTURE, _channel_dim, forward_in_eval_mode
 from lightning_prune.cost import CostTerm, Dim
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,14 +32,7 @@ def output_sizes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str
                 sizes[name] = max(1, output.numel() // max(1, output.shape[0] * channels))
 
             handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(*inputs)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_in_eval_mode(model, inputs, handles)
     return sizes
 
 

@@ -23,6 +23,19 @@ def _channel_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, nn.Linear) else 1
 
 
+def forward_in_eval_mode(model: nn.Module, inputs: tuple[torch.Tensor, ...], handles: list = ()) -> None:
+    """One forward of ``model`` on ``inputs`` in eval mode (its mode restored after), then the forward hooks of
+    ``handles``, registered to observe that pass, removed: how the adapter measures the traced model."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(*inputs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
 def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]):
     """Trace ``model`` with torch-pruning and return its ``DependencyGraph``."""
     import torch_pruning as tp

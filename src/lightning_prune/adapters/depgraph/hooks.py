@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import MaskSource
-from lightning_prune.adapters.depgraph.graph import _NORMS, _WEIGHTED, STRUCTURE, _channel_dim
+from lightning_prune.adapters.depgraph.graph import _NORMS, _WEIGHTED, STRUCTURE, _channel_dim, forward_in_eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.adapters.depgraph.adapter import DependencyGraphAdapter
@@ -83,14 +83,7 @@ def _norm_fed(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, s
         if isinstance(module, _WEIGHTED + _NORMS):
             handles.append(module.register_forward_hook(lambda m, a, o, name=name: order.append((name, a, o))))
     with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            model(*inputs)
-        finally:
-            model.train(was_training)
-            for h in handles:
-                h.remove()
+        forward_in_eval_mode(model, inputs, handles)
     produced = {id(o): n for n, _, o in order}
     for name, args, _ in order:
         for a in args:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lightning_prune.adapters.base import base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import base_layer, fixed_size_terms, lm_head_term
 from lightning_prune.cost import CostTerm, Dim
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,20 +48,5 @@ def gpt2_cost_terms(adapter: GPT2Adapter, flops_seq_len: int) -> list[CostTerm]:
         norm = adapter.backbone.get_submodule(name)
         terms.append(CostTerm(name, hidden, bias=norm.bias is not None, params=norm.weight is not None))
         covered.update({f"{p}{name}.weight", f"{p}{name}.bias"})
-    if adapter.head is not None:
-        head = base_layer(adapter.head)
-        terms.append(
-            CostTerm(
-                adapter.head_name,
-                Dim(head.out_features),
-                hidden,
-                bias=head.bias is not None,
-                params=not adapter.tied,
-                flops_per_param=2.0,
-            )
-        )
-        covered.update({f"{adapter.head_name}.weight", f"{adapter.head_name}.bias"})
-    for name, numel in plain_parameter_sizes(adapter.model).items():  # nothing else is resized
-        if name not in covered:
-            terms.append(CostTerm(name, Dim(numel)))
-    return terms
+    terms += lm_head_term(adapter, hidden, covered)
+    return terms + fixed_size_terms(adapter.model, covered)  # nothing else is resized

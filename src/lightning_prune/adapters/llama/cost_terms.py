@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lightning_prune.adapters.base import base_layer, plain_parameter_sizes
+from lightning_prune.adapters.base import base_layer, fixed_size_terms, lm_head_term
 from lightning_prune.cost import CostTerm, Dim
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,21 +72,6 @@ def llama_cost_terms(adapter: LlamaAdapter, flops_seq_len: int) -> list[CostTerm
             covered.add(f"{base}{norm}.weight")
     terms.append(CostTerm("norm", hidden))
     covered.add(f"{adapter.prefix}norm.weight")
-    if adapter.head is not None:
-        head = base_layer(adapter.head)
-        terms.append(
-            CostTerm(
-                adapter.head_name,
-                Dim(head.out_features),
-                hidden,
-                bias=head.bias is not None,
-                params=not adapter.tied,
-                flops_per_param=2.0,
-            )
-        )
-        covered.update({f"{adapter.head_name}.weight", f"{adapter.head_name}.bias"})
+    terms += lm_head_term(adapter, hidden, covered)
     # Anything else (Qwen3's q_norm/k_norm over head_dim, ...) is not resized by any structure.
-    for name, numel in plain_parameter_sizes(adapter.model).items():
-        if name not in covered:
-            terms.append(CostTerm(name, Dim(numel)))
-    return terms
+    return terms + fixed_size_terms(adapter.model, covered)
