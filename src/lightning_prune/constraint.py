@@ -21,6 +21,19 @@ def linear_warmup(target: float, step: int, warmup_steps: int) -> float:
     return target * min(1.0, max(step, 0) / warmup_steps)
 
 
+class WarmupTarget(nn.Module):
+    """A regulariser's target schedule: ``target_sparsity`` reached linearly over ``warmup_steps`` pruning steps
+    (:meth:`current_target`, which the pruner reads for its masks). Methods add their penalty in ``forward``."""
+
+    def __init__(self, target_sparsity: float, warmup_steps: int) -> None:
+        super().__init__()
+        self.target_sparsity = target_sparsity
+        self.warmup_steps = warmup_steps
+
+    def current_target(self, step: int) -> float:
+        return linear_warmup(self.target_sparsity, step, self.warmup_steps)
+
+
 class GradientReversal(torch.autograd.Function):
     """Identity in the forward pass, ``−grad`` in the backward pass."""
 

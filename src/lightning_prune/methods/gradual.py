@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from lightning_prune.constraint import linear_warmup
+from lightning_prune.constraint import WarmupTarget
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.methods.base import PruningConfig, register_method, zero_with_graph
 from lightning_prune.methods.ste import STEConfig, check_score_fields
@@ -35,16 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.pruner import Pruner
 
 
-class TargetSchedule(nn.Module):
+class TargetSchedule(WarmupTarget):
     """No penalty (the selection meets the budget); only the target's linear warm-up, for the mask selection."""
-
-    def __init__(self, target_sparsity: float, warmup_steps: int) -> None:
-        super().__init__()
-        self.target_sparsity = target_sparsity
-        self.warmup_steps = warmup_steps
-
-    def current_target(self, step: int) -> float:
-        return linear_warmup(self.target_sparsity, step, self.warmup_steps)
 
     def forward(self, pruner: Pruner) -> dict[str, torch.Tensor]:
         return {"gradual": zero_with_graph(pruner.gate_parameters())}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lightning_prune.constraint import LagrangianConstraint, linear_warmup
+from lightning_prune.constraint import LagrangianConstraint, WarmupTarget
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.methods.base import PruningConfig, positive_float, register_method
 from lightning_prune.methods.l0_targets import TargetArchitectureRegularizer, validate_target_architecture
@@ -25,18 +25,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.pruner import Pruner
 
 
-class LagrangianRegularizer(nn.Module):
+class LagrangianRegularizer(WarmupTarget):
     """Penalty ``λ1(ŝ−t) + λ2(ŝ−t)²`` on the expected sparsity of the cost model."""
 
     def __init__(self, target_sparsity: float, warmup_steps: int, target: str) -> None:
-        super().__init__()
-        self.target_sparsity = target_sparsity
-        self.warmup_steps = warmup_steps
+        super().__init__(target_sparsity, warmup_steps)
         self.target = target
         self.constraint = LagrangianConstraint()
-
-    def current_target(self, step: int) -> float:
-        return linear_warmup(self.target_sparsity, step, self.warmup_steps)
 
     def forward(self, pruner: Pruner) -> dict[str, torch.Tensor]:
         expected = pruner.expected_sparsity(self.target)
