@@ -144,7 +144,7 @@ class SnapshotTeacher:
             model._modules.update(saved)
 
     def term(self, ids: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None or self.weight == 0:
+        if self.teacher is None:  # before the snapshot (the dense phase)
             return logits.new_zeros(())
         from lightning_prune.distill import kl_distillation
 
@@ -163,7 +163,7 @@ class SnapshotTeacher:
 
         class Take(Callback):
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-                if teacher.teacher is None and teacher.weight > 0 and pruning.phase != "dense":
+                if teacher.teacher is None and pruning.phase != "dense":
                     with hooks_suspended(pruning.pruner._handles):
                         teacher.take(pruning.pruner.hf_model)
 
@@ -319,25 +319,6 @@ def _schedule(
     return train
 
 
-def _train_with_recipe(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
-    """``lightning_prune.recipes.l0``: the config and schedule derived from ``max_steps`` (the config passed in only
-    gives the sparsity)."""
-    from lightning_prune import recipes
-
-    callback = recipes.l0_callback(
-        target_sparsity=config.target_sparsity,
-        max_steps=cfg.steps,
-        structures=("heads", "ffn"),
-        flops_seq_len=cfg.max_length,
-        plot=False,
-        log_stats=False,
-        prog_bar=False,
-        seed=cfg.seed,
-    )
-    fit(model, task, cfg, cfg.steps, [callback])
-    return callback.pruner.export()
-
-
 def _recent_importance(pruning: lp.PruningCallback, decay: float):
     """Study lever: the dense phase's Fisher sums as an exponential moving sum (each batch multiplies the sums so far
     by ``decay``), so that the ranking reflects the model near the cut rather than its first steps (when the new
@@ -354,17 +335,18 @@ def _recent_importance(pruning: lp.PruningCallback, decay: float):
     return Recent()
 
 
-def _recipe_kd(
-    weight: float = 1.0,
+def _recipe_variant(
+    distill_weight: float = 0.0,
     temperature: float = 2.0,
     fields: dict[str, Any] | None = None,
     structures: tuple[str, ...] = ("heads", "ffn"),
     importance_decay: float | None = None,
     **schedule: Any,
 ):
-    """``recipes.l0`` (``schedule``: other :class:`~lightning_prune.recipes.L0Schedule` fractions; ``fields``: other
-    config fields) plus distillation from the snapshot taken when pruning starts (prune and frozen phases; ``weight``
-    0: none)."""
+    """``lightning_prune.recipes.l0``: the config and schedule derived from ``max_steps`` (the config passed in only
+    gives the sparsity). Study levers: ``schedule``, other :class:`~lightning_prune.recipes.L0Schedule` fractions;
+    ``fields``, other config fields; ``distill_weight`` > 0, distillation from the snapshot taken when pruning starts
+    (prune and frozen phases); ``importance_decay``, :func:`_recent_importance`."""
 
     def train(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
         from lightning_prune import recipes
@@ -380,9 +362,11 @@ def _recipe_kd(
             prog_bar=False,
             seed=cfg.seed,
         )
-        teacher = SnapshotTeacher(weight, temperature)
         extra = [] if importance_decay is None else [_recent_importance(callback, importance_decay)]
-        fit(model, task, cfg, cfg.steps, [callback, teacher.at_prune_start(callback), *extra], teacher=teacher)
+        teacher = SnapshotTeacher(distill_weight, temperature) if distill_weight > 0 else None
+        if teacher is not None:
+            extra.append(teacher.at_prune_start(callback))
+        fit(model, task, cfg, cfg.steps, [callback, *extra], teacher=teacher)
         return callback.pruner.export()
 
     return train
@@ -473,7 +457,7 @@ METHODS: dict[str, MethodEntry] = {
         _l0_variant(warmup=0.3, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.05), _schedule(0.1, 0.5)
     ),
     "l0+imp+d30": MethodEntry(_l0_variant(warmup=0.15, init_from_importance=True), _schedule(0.3, 0.55)),
-    "l0+recipe": MethodEntry(_l0_variant(), _train_with_recipe),
+    "l0+recipe": MethodEntry(_l0_variant(), _recipe_variant()),
     "l0+imp+sched+reset": MethodEntry(_l0_variant(warmup=0.3, init_from_importance=True), _schedule(0.1, 0.5, True)),
     "l0+imp+early": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25)),
     "l0+tgt": MethodEntry(_l0_variant(warmup=0.01, init_from_importance=True), _schedule(0.1, 0.5, True, True)),
@@ -487,12 +471,12 @@ METHODS: dict[str, MethodEntry] = {
     "l0+d30+brief": MethodEntry(  # two-stage's cut point, then a short learned refinement at the new rates
         _l0_variant(warmup=0.05, init_from_importance=True, gate_lr=0.5, lagrangian_lr=0.5), _schedule(0.3, 0.4, True)
     ),
-    "l0+recipe+kd": MethodEntry(_l0_variant(), _recipe_kd()),
-    "l0+recipe+kd.3": MethodEntry(_l0_variant(), _recipe_kd(weight=0.3)),
-    "l0+recipe+uniform": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, fields={"uniform": True})),
-    "l0+recipe+hidden": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "hidden"))),
+    "l0+recipe+kd": MethodEntry(_l0_variant(), _recipe_variant(distill_weight=1.0)),
+    "l0+recipe+kd.3": MethodEntry(_l0_variant(), _recipe_variant(distill_weight=0.3)),
+    "l0+recipe+uniform": MethodEntry(_l0_variant(), _recipe_variant(fields={"uniform": True})),
+    "l0+recipe+hidden": MethodEntry(_l0_variant(), _recipe_variant(structures=("heads", "ffn", "hidden"))),
     "l0+recipe+blocks": MethodEntry(
-        _l0_variant(), _recipe_kd(weight=0.0, structures=("heads", "ffn", "attn_block", "mlp_block"))
+        _l0_variant(), _recipe_variant(structures=("heads", "ffn", "attn_block", "mlp_block"))
     ),
     # gradual: dense (Fisher) / warm-up to the target / frozen with a fresh optimizer state, then fine-tuning
     # (a/b/c: score lr 0.01; a5, a10: 0.05 (the GradualConfig default), 0.1)
@@ -502,8 +486,8 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+a5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.1, 0.3, True)),
     "gradual+b5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.2, 0.4, True)),
     "gradual+a10": MethodEntry(_gradual_variant(0.2, gate_lr=0.1), _schedule(0.1, 0.3, True)),
-    "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, importance_decay=0.9)),
-    "l0+d25": MethodEntry(_l0_variant(), _recipe_kd(weight=0.0, dense=0.25, warmup=0.05, freeze=0.3)),
+    "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
+    "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),
 }
 #: Rows run by default (the study's variants are run by name with `--methods`).
