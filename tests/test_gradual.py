@@ -23,7 +23,7 @@ def test_training_mask_meets_the_warmup_target_at_every_step_and_export_is_that_
     ids = loader().dataset.tensors[0][:4]
     for step in range(8):
         loss = model(input_ids=ids, labels=ids).loss + pruner.penalty()
-        training = {name: m.detach().clone() for name, m in pruner._masks.items()}
+        training = {name: pruner.mask(name).detach().clone() for name in pruner.gates}
         assert set(torch.cat([m.flatten() for m in training.values()]).tolist()) <= {0.0, 1.0}  # binary
         exact = float(pruner.cost.sparsity(training))
         target = pruner.current_target()
