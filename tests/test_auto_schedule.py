@@ -132,3 +132,16 @@ def test_gradual_default_callback_runs_its_own_schedule():
     )
     assert callback.pruner.config.warmup_steps == warmup and callback.phase == "frozen"
     assert 0.4 <= callback.pruner.stats()["exact_sparsity"] <= 0.45  # exact at every step, so at the end too
+
+
+def test_a_manual_schedule_never_sizes_the_run(tmp_path, monkeypatch):
+    """Sizing a run may build the training dataloader: only a pending ``schedule="auto"`` asks for it."""
+
+    def refuse(self):
+        raise AssertionError("the run was sized for a manual schedule")
+
+    monkeypatch.setattr(PruningTrainer, "_known_total_steps", refuse)
+    callback = PruningTrainerCallback(lp.L0Config(target_sparsity=0.4), dense_steps=1, plot=False)
+    args = hf_training_args(tmp_path, num_train_epochs=1)
+    hf = PruningTrainer(model=tiny_causal_lm("llama"), args=args, train_dataset=hf_token_rows(), callbacks=[callback])
+    assert callback.driver.awaits_run_length is False and hf.pruner is not None

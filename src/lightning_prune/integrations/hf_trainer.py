@@ -269,7 +269,9 @@ class PruningTrainer(transformers.Trainer):
         self.pruning_callback: PruningTrainerCallback = found[0]
         if self.args.process_index == 0:
             self.pruning_callback.check_export_dir()
-        self.pruning_callback.attach(self.model, base_seed=self.args.seed, total_steps=self._known_total_steps())
+        auto = self.pruning_callback.driver.awaits_run_length  # sizing may build the dataloader: only when needed
+        total_steps = self._known_total_steps() if auto else None
+        self.pruning_callback.attach(self.model, base_seed=self.args.seed, total_steps=total_steps)
 
     def _known_total_steps(self) -> int | None:
         """The run's optimizer steps when known before training: ``max_steps``, or epochs × batches / accumulation

@@ -192,7 +192,8 @@ class PruningCallback(Callback, DriverFacade):
             check_automatic_optimization(pl_module)
             self._check_export_dir(trainer)
         check_strategy(trainer)
-        if stage == "fit" or (trainer.max_steps is not None and trainer.max_steps > 0):
+        sized = stage == "fit" or (trainer.max_steps is not None and trainer.max_steps > 0)
+        if self.driver.awaits_run_length and sized:
             self.driver.resolve_schedule(known_total_steps(trainer))
         self.attach(pl_module)
         self.driver.use_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))

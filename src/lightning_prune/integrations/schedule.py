@@ -104,6 +104,12 @@ class PhaseSchedule:
         self.freeze_after_steps = freeze_after_steps
         self.reset_optimizer_at_freeze = bool(reset_optimizer_at_freeze)
 
+    @property
+    def awaits_run_length(self) -> bool:
+        """``True`` while a ``schedule="auto"`` waits for the run's length (:meth:`resolve_schedule`): integrations
+        size the run only then (sizing may build the training dataloader)."""
+        return self._auto_schedule
+
     def resolve_schedule(self, total_steps: int | None, info: Callable[[str], None]) -> bool:
         """``schedule="auto"``: set the phases, the fresh optimizer state at the freeze and (when the config's is 0)
         the target warm-up from :func:`lightning_prune.recipes.phase_steps` for a run of ``total_steps`` optimizer
