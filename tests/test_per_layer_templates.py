@@ -30,6 +30,13 @@ TEMPLATES = {
 }
 
 
+#: Nominal sizes of the per-layer configs built here: one head passes the family config's own checks, and the
+#: ``layer_shapes`` override the counts.
+NOMINAL = dict(
+    vocab_size=32, hidden_size=16, head_dim=8, num_attention_heads=1, num_key_value_heads=1, intermediate_size=8
+)
+
+
 def template_module(folder: str):
     return importlib.import_module(f"lightning_prune.adapters.{folder}.modeling_per_layer")
 
@@ -51,16 +58,7 @@ def test_the_llama_template_runs_per_layer_shapes():
         # pruned head dims: two of the four rotary pairs for queries and keys, six of eight value dims
         dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=4, qk_dim=4, v_dim=6, rope_pairs=[0, 2]),
     ]
-    config = module.PrunedLlamaConfig(  # nominal sizes (one head) pass LlamaConfig's checks; the shapes override them
-        layer_shapes=shapes,
-        vocab_size=32,
-        hidden_size=16,
-        head_dim=8,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        num_hidden_layers=3,
-        intermediate_size=8,
-    )
+    config = module.PrunedLlamaConfig(layer_shapes=shapes, num_hidden_layers=3, **NOMINAL)
     torch.manual_seed(0)
     model = module.PrunedLlamaForCausalLM(config).eval()
     layers = model.model.layers
@@ -85,16 +83,7 @@ def test_the_llama_template_refuses_inconsistent_layer_shapes_when_built(shape, 
     """A saved config whose per-layer shapes cannot exist is refused when it is built (from_pretrained included)."""
     module = template_module("llama")
     with pytest.raises(ValueError, match=match):
-        module.PrunedLlamaConfig(
-            layer_shapes=[shape],
-            vocab_size=32,
-            hidden_size=16,
-            head_dim=8,
-            num_attention_heads=1,
-            num_key_value_heads=1,
-            num_hidden_layers=1,
-            intermediate_size=8,
-        )
+        module.PrunedLlamaConfig(layer_shapes=[shape], num_hidden_layers=1, **NOMINAL)
 
 
 def test_the_phi3_template_runs_per_layer_shapes():
@@ -104,18 +93,7 @@ def test_the_phi3_template_runs_per_layer_shapes():
         {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 0},  # both blocks pruned
         {"num_attention_heads": 3, "num_key_value_heads": 3, "intermediate_size": 4},
     ]
-    nominal = dict(  # nominal sizes (one head) pass Phi3Config's checks; the shapes override them
-        vocab_size=32,
-        hidden_size=16,
-        head_dim=8,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        num_hidden_layers=3,
-        intermediate_size=8,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    nominal = dict(NOMINAL, num_hidden_layers=3, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = module.PrunedPhi3Config(layer_shapes=shapes, **nominal)
     torch.manual_seed(0)
     model = module.PrunedPhi3ForCausalLM(config).eval()
