@@ -7,12 +7,14 @@ order of registration is the order ``lightning_prune.adapters`` imports them, an
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from torch import nn
 
 from lightning_prune.adapters.base import ModelAdapter
 from lightning_prune.errors import UnknownAdapterError, UnsupportedModelError
+from lightning_prune.export.per_layer import NominalConfig, register_per_layer_families
 from lightning_prune.registry import Registry
 
 A = TypeVar("A", bound=type[ModelAdapter])
@@ -46,6 +48,23 @@ def register_adapter(name: str) -> Callable[[A], A]:
         return cls
 
     return wrap
+
+
+def register_family(
+    name: str,
+    adapter: type[ModelAdapter],
+    families: dict[str, str],
+    package_file: str,
+    kinds: tuple[str, ...],
+    nominal_config: NominalConfig,
+    template_names: tuple[str, str],
+) -> None:
+    """Register a transformers family's package: the per-layer export classes of every model type in ``families``
+    (rendered from the ``modeling_per_layer.py`` beside ``package_file``, written with ``template_names``; see
+    :func:`~lightning_prune.export.per_layer.register_per_layer_families`), then its adapter as ``name``."""
+    template = str(Path(package_file).with_name("modeling_per_layer.py"))
+    register_per_layer_families(families, template, kinds, nominal_config, template_names=template_names)
+    register_adapter(name)(adapter)
 
 
 def available_adapters() -> list[str]:

@@ -29,21 +29,11 @@ per-layer export of every model type in :data:`BERT_FAMILIES`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning_prune.adapters.bert.adapter import BertAdapter
-from lightning_prune.adapters.bert.config import BERT_FAMILIES, _per_layer_config
+from lightning_prune.adapters.bert.config import _SUPPORTED_KINDS, BERT_FAMILIES, _per_layer_config
 from lightning_prune.adapters.norms import masked_layer_norm
-from lightning_prune.adapters.registry import register_adapter
-from lightning_prune.export.per_layer import register_per_layer_families
+from lightning_prune.adapters.registry import register_family
 
-register_per_layer_families(
-    BERT_FAMILIES,
-    str(Path(__file__).with_name("modeling_per_layer.py")),
-    ("ForSequenceClassification", "Model"),
-    _per_layer_config,
-    template_names=("Bert", "bert"),  # the names modeling_per_layer.py is written with
-)
-register_adapter("bert")(BertAdapter)
+register_family("bert", BertAdapter, BERT_FAMILIES, __file__, _SUPPORTED_KINDS, _per_layer_config, ("Bert", "bert"))
 
 __all__ = ["BERT_FAMILIES", "BertAdapter", "masked_layer_norm"]

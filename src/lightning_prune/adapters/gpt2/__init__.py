@@ -29,21 +29,11 @@ per-layer export of every model type in :data:`GPT2_FAMILIES`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning_prune.adapters.gpt2.adapter import GPT2Adapter
-from lightning_prune.adapters.gpt2.config import GPT2_FAMILIES, _per_layer_config
+from lightning_prune.adapters.gpt2.config import _PER_LAYER_KINDS, GPT2_FAMILIES, _per_layer_config
 from lightning_prune.adapters.norms import masked_layer_norm
-from lightning_prune.adapters.registry import register_adapter
-from lightning_prune.export.per_layer import register_per_layer_families
+from lightning_prune.adapters.registry import register_family
 
-register_per_layer_families(
-    GPT2_FAMILIES,
-    str(Path(__file__).with_name("modeling_per_layer.py")),
-    ("LMHeadModel", "ForSequenceClassification", "Model"),
-    _per_layer_config,
-    template_names=("GPT2", "gpt2"),  # the names modeling_per_layer.py is written with
-)
-register_adapter("gpt2")(GPT2Adapter)
+register_family("gpt2", GPT2Adapter, GPT2_FAMILIES, __file__, _PER_LAYER_KINDS, _per_layer_config, ("GPT2", "gpt2"))
 
 __all__ = ["GPT2_FAMILIES", "GPT2Adapter", "masked_layer_norm"]

@@ -24,8 +24,6 @@ adapter as ``"llama"`` and the per-layer export of every model type in :data:`LL
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning_prune.adapters.llama.adapter import LlamaAdapter
 from lightning_prune.adapters.llama.config import (
     LLAMA_FAMILIES,
@@ -34,16 +32,10 @@ from lightning_prune.adapters.llama.config import (
     layer_shape_summary,
     model_kind,
 )
-from lightning_prune.adapters.registry import register_adapter
-from lightning_prune.export.per_layer import register_per_layer_families
+from lightning_prune.adapters.registry import register_family
 
-register_per_layer_families(
-    LLAMA_FAMILIES,
-    str(Path(__file__).with_name("modeling_per_layer.py")),
-    ("ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model"),
-    _per_layer_config,
-    template_names=("Llama", "llama"),  # the names modeling_per_layer.py is written with
+register_family(
+    "llama", LlamaAdapter, LLAMA_FAMILIES, __file__, tuple(SUPPORTED_KINDS), _per_layer_config, ("Llama", "llama")
 )
-register_adapter("llama")(LlamaAdapter)
 
 __all__ = ["LLAMA_FAMILIES", "SUPPORTED_KINDS", "LlamaAdapter", "layer_shape_summary", "model_kind"]

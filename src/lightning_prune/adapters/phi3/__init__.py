@@ -9,19 +9,9 @@ and Phi-3's per-layer export.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning_prune.adapters.phi3.adapter import PHI3_FAMILIES, PHI3_KINDS, Phi3Adapter, per_layer_config
-from lightning_prune.adapters.registry import register_adapter
-from lightning_prune.export.per_layer import register_per_layer_families
+from lightning_prune.adapters.registry import register_family
 
-register_per_layer_families(
-    PHI3_FAMILIES,
-    str(Path(__file__).with_name("modeling_per_layer.py")),
-    tuple(PHI3_KINDS),
-    per_layer_config,
-    template_names=("Phi3", "phi3"),  # the names modeling_per_layer.py is written with
-)
-register_adapter("phi3")(Phi3Adapter)
+register_family("phi3", Phi3Adapter, PHI3_FAMILIES, __file__, tuple(PHI3_KINDS), per_layer_config, ("Phi3", "phi3"))
 
 __all__ = ["PHI3_FAMILIES", "Phi3Adapter"]
