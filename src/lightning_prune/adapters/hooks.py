@@ -8,10 +8,17 @@ of masks there, for any family; adapters only say where the projections are.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import MaskSource, base_layer
+from lightning_prune.adapters.norms import masked_layer_norm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_prune.adapters.transformer import TransformerAdapter
 
 Hooks = list[tuple[str, nn.Module, RemovableHandle]]
 
@@ -103,3 +110,36 @@ def install_block_hooks(
 
         hooks.append((path, module, module.register_forward_hook(write_hook)))
     return hooks
+
+
+def install_transformer_hooks(adapter: TransformerAdapter, source: MaskSource, structures: set[str]) -> Hooks:
+    """The hooks of a :class:`~lightning_prune.adapters.transformer.TransformerAdapter`'s layers: ``hidden`` on
+    every LayerNorm (:func:`install_layer_norm_hooks`) and :func:`install_block_hooks` of every layer (one head per
+    ``heads`` unit, ``hidden`` on the writes). What sits outside the layers (embeddings) is the family's."""
+    p, layout = adapter.prefix, adapter.layout
+    hooks: Hooks = []
+    if "hidden" in structures:
+        hooks += install_layer_norm_hooks(source, [(f"{p}{name}", norm) for name, norm in adapter.layer_norms()])
+    for l, layer in enumerate(adapter.layers):
+        base = f"{p}{layout.layers}.{l}."
+        hooks += install_block_hooks(
+            source,
+            structures,
+            l,
+            attn_out=(f"{base}{layout.attn_out}", layer.get_submodule(layout.attn_out)),
+            mlp_out=(f"{base}{layout.mlp_out}", layer.get_submodule(layout.mlp_out)),
+            head_units=adapter.num_heads,
+            head_width=adapter.head_dim,
+        )
+    return hooks
+
+
+def install_layer_norm_hooks(source: MaskSource, norms: Iterable[tuple[str, nn.Module]]) -> Hooks:
+    """``hidden`` on the LayerNorms ``(path, module)``: each normalises over the kept dims only and multiplies its
+    output by the mask (:func:`~lightning_prune.adapters.norms.masked_layer_norm`)."""
+
+    def norm_hook(module, args, output):
+        m = source.mask("hidden")
+        return output if m is None else masked_layer_norm(module, args[0], m[0])
+
+    return [(path, norm, norm.register_forward_hook(norm_hook)) for path, norm in norms]

@@ -10,19 +10,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, block_structures
+from lightning_prune.adapters.base import base_layer
 from lightning_prune.adapters.bert.config import _REQUIRED_CONFIG, _SUPPORTED_KINDS, BERT_FAMILIES
 from lightning_prune.adapters.bert.cost_terms import bert_cost_terms
 from lightning_prune.adapters.bert.hooks import install_bert_hooks
 from lightning_prune.adapters.bert.surgery import build_bert_compact
-from lightning_prune.cost import CostTerm
+from lightning_prune.adapters.transformer import Layout, TransformerAdapter
 from lightning_prune.errors import UnsupportedModelError
-from lightning_prune.structures import StructureSpec
 
 
-class BertAdapter(ModelAdapter):
+class BertAdapter(TransformerAdapter):
     """Adapter for ``Bert*`` / ``Roberta*`` ``Model`` and ``ForSequenceClassification`` (post-norm encoders).
 
     Args:
@@ -34,10 +32,20 @@ class BertAdapter(ModelAdapter):
     """
 
     model_types = tuple(BERT_FAMILIES)
+    layout = Layout(
+        layers="encoder.layer",
+        norms=("embeddings.LayerNorm",),
+        layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        attn_in=("attention.self.query", "attention.self.key", "attention.self.value"),
+        attn_out="attention.output.dense",
+        mlp_in="intermediate.dense",
+        mlp_out="output.dense",
+        scores="attention.scores",
+    )
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", None) in BERT_FAMILIES
+    _cost_terms_of = staticmethod(bert_cost_terms)
+    _hooks_of = staticmethod(install_bert_hooks)
+    _compact_of = staticmethod(build_bert_compact)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -59,34 +67,9 @@ class BertAdapter(ModelAdapter):
                 "The BERT adapter supports encoders only (config.is_decoder=False, add_cross_attention=False), got "
                 f"is_decoder={config.is_decoder}, add_cross_attention={config.add_cross_attention}."
             )
-        self.family = config.model_type
-        self.backbone = model.base_model  # BertModel / RobertaModel (the model itself when given one)
-        self.prefix = "" if self.backbone is model else f"{model.base_model_prefix}."
-        self.layers = self.backbone.encoder.layer
-        self.num_layers = len(self.layers)
-        self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        if self.hidden_size % self.num_heads:
-            raise UnsupportedModelError(
-                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_heads}."
-            )
-        self.head_dim = self.hidden_size // self.num_heads
+        self._read_layout("hidden_size", "num_attention_heads")
         self.intermediate_size = config.intermediate_size
-        self.vocab_size = config.vocab_size
-        layer0 = self.layers[0]
-        for path in (
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-            "intermediate.dense",
-            "output.dense",
-        ):
-            if not isinstance(base_layer(layer0.get_submodule(path)), nn.Linear):
-                raise UnsupportedModelError(
-                    f"Expected `{path}` to be an nn.Linear in {type(layer0).__name__} (is the model quantized?). "
-                    "Pruning a quantized base is not supported: prune in bf16/fp32, then quantize the export."
-                )
+        self._check_projections(nn.Linear, "an nn.Linear")
         # Linear layers that read the final hidden state (their input shrinks with `hidden`, their output stays).
         self.readouts: dict[str, nn.Module] = {}
         if self.backbone.pooler is not None:
@@ -102,51 +85,19 @@ class BertAdapter(ModelAdapter):
                 f"The pooler and the classifier read the hidden state into different sizes {sizes}."
             )
         self.pooler_size = sizes.pop() if sizes else self.hidden_size
-        self._hidden_keep: torch.Tensor | None = None  # kept hidden dims of the last build_compact
-
-    # -- structures and costs ----------------------------------------------------------------------
-    def structures(self) -> dict[str, StructureSpec]:
-        return block_structures(self.num_layers, self.num_heads, self.intermediate_size, self.hidden_size)
-
-    def cost_terms(self, flops_seq_len: int) -> list[CostTerm]:
-        return bert_cost_terms(self, flops_seq_len)
-
-    # -- hooks -------------------------------------------------------------------------------------
-    def root_module(self) -> nn.Module:
-        return self.backbone
-
-    def install_hooks(self, source: MaskSource, structures: set[str]) -> list[tuple[str, nn.Module, RemovableHandle]]:
-        return install_bert_hooks(self, source, structures)
 
     # -- export ------------------------------------------------------------------------------------
     def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
-        attention_mask = torch.ones_like(ids)
-        attention_mask[-1, seq_len - seq_len // 4 :] = 0  # some padding in the last row
-        inputs = {"input_ids": ids, "attention_mask": attention_mask}
+        inputs = super().example_inputs(batch_size, seq_len, generator)
+        inputs["attention_mask"][-1, seq_len - seq_len // 4 :] = 0  # some padding in the last row
         type_vocab = getattr(self.model.config, "type_vocab_size", 0) or 0
         if type_vocab > 1:
             inputs["token_type_ids"] = torch.randint(0, type_vocab, (batch_size, seq_len), generator=generator)
         return inputs
 
-    def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits, or for a bare encoder the last hidden state (kept dims only) and the pooler output.
-
-        The gated model's hidden state is read at the hidden dims kept by the last :meth:`build_compact`
-        (the pruned ones are 0 there and absent from the compact model).
-        """
-        out = model(**inputs)
-        if hasattr(out, "logits"):
-            return out.logits
-        hidden = out.last_hidden_state
-        if self.is_gated(model) and self._hidden_keep is not None:
-            hidden = hidden[..., self._hidden_keep.to(hidden.device)]
+    def backbone_outputs(self, out: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """A bare encoder's last hidden state (kept dims only) and its pooler output."""
         parts = [hidden.flatten(1)]
         if getattr(out, "pooler_output", None) is not None:
             parts.append(out.pooler_output)
         return torch.cat(parts, dim=-1)
-
-    def build_compact(
-        self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
-    ) -> tuple[nn.Module, dict[str, Any]]:
-        return build_bert_compact(self, state, masks)

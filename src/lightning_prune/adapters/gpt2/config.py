@@ -22,5 +22,4 @@ def _per_layer_config(config: dict[str, Any], layer_shapes: list[dict[str, Any]]
 
 
 _SUPPORTED_CLASSES = ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2Model")
-_PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _PER_LAYER_KINDS = ("LMHeadModel", "ForSequenceClassification", "Model")  # the per-layer classes of the export
