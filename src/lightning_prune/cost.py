@@ -169,36 +169,32 @@ class CostModel:
 
         width = max(1, max(len(t.scalars) for t in self.terms))
         extra_width = max(1, max(max(len(t.out.scaled_by), len(t.inp.scaled_by)) for t in self.terms))
-        out_i, out_s, in_i, in_s, scal = [], [], [], [], []
-        out_x, out_d, in_x, in_d = [], [], [], []
+        # per side of a term (its output and input dims): index, scale, extra index and extra divisor of every term
+        sides: dict[str, tuple[list, list, list, list]] = {"out": ([], [], [], []), "in": ([], [], [], [])}
+        scal = []
         for term in self.terms:
-            i, scale = dim_index(term.out)
-            out_i.append(i)
-            out_s.append(scale)
-            idx, div = extra(term.out, extra_width)
-            out_x.append(idx)
-            out_d.append(div)
-            i, scale = dim_index(term.inp)
-            in_i.append(i)
-            in_s.append(scale)
-            idx, div = extra(term.inp, extra_width)
-            in_x.append(idx)
-            in_d.append(div)
+            for side, dim in (("out", term.out), ("in", term.inp)):
+                i, scale = dim_index(dim)
+                idx, div = extra(dim, extra_width)
+                for column, value in zip(sides[side], (i, scale, idx, div)):
+                    column.append(value)
             idx = [flat_offset[st] + row * units[st] + unit for st, row, unit in term.scalars if st in flat_offset]
             scal.append(idx + [0] * (width - len(idx)))
 
         def tensor(values, dtype=torch.float64):
             return torch.tensor(values, dtype=dtype, device=device)
 
-        layout = {
-            "out_index": tensor(out_i, torch.long),
-            "out_scale": tensor(out_s),
-            "in_index": tensor(in_i, torch.long),
-            "in_scale": tensor(in_s),
-            "out_extra_index": tensor(out_x, torch.long),
-            "out_extra_div": tensor(out_d),
-            "in_extra_index": tensor(in_x, torch.long),
-            "in_extra_div": tensor(in_d),
+        layout: dict[str, Any] = {}
+        kinds = (
+            ("index", torch.long),
+            ("scale", torch.float64),
+            ("extra_index", torch.long),
+            ("extra_div", torch.float64),
+        )
+        for side, columns in sides.items():
+            for (name, dtype), values in zip(kinds, columns):
+                layout[f"{side}_{name}"] = tensor(values, dtype)
+        layout |= {
             "scalar_index": tensor(scal, torch.long),
             "bias": tensor([float(t.bias) for t in self.terms]),
             "params": tensor([float(t.params) for t in self.terms]),
@@ -227,10 +223,12 @@ class CostModel:
                 0, layout["subset_of_value"], all_values[layout["subset_value_index"]]
             )
             row_sums = torch.cat([row_sums, subset_sums])
-        out = row_sums[layout["out_index"]] * layout["out_scale"]
-        out = out * row_sums[layout["out_extra_index"]].prod(-1) / layout["out_extra_div"]
-        inp = row_sums[layout["in_index"]] * layout["in_scale"]
-        inp = inp * row_sums[layout["in_extra_index"]].prod(-1) / layout["in_extra_div"]
+
+        def kept(side: str) -> torch.Tensor:  # the kept dims of every term's output or input side
+            dims = row_sums[layout[f"{side}_index"]] * layout[f"{side}_scale"]
+            return dims * row_sums[layout[f"{side}_extra_index"]].prod(-1) / layout[f"{side}_extra_div"]
+
+        out, inp = kept("out"), kept("in")
         factor = all_values[layout["scalar_index"]].prod(-1)
         n = out * inp * factor
         params = (n + layout["bias"] * out * factor) * layout["params"]
