@@ -102,24 +102,28 @@ def check_equivalence(
     with eval_mode(gated, compact):
         reference = adapter.outputs(gated, inputs).float()
         output = adapter.outputs(compact, inputs).float()
-    rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
     if reference.shape != output.shape:
         raise ExportMismatchError(
             f"The compact model's output has shape {tuple(output.shape)}, the gated model's {tuple(reference.shape)}."
         )
+    return _compare(reference, output, rtol, adapter, gated, "on the same inputs")
+
+
+def _compare(
+    reference: torch.Tensor, output: torch.Tensor, rtol: float, adapter: ModelAdapter, gated: nn.Module, where: str
+) -> tuple[float, float]:
+    """``(max |reference - output|, max |reference|)``; raises when the difference exceeds ``rtol`` (at least the
+    half-precision tolerance of ``gated``'s dtype) times the scale. ``where``: how the outputs were computed."""
+    rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
     diff = float((reference - output).abs().max())
     scale = float(reference.abs().max().clamp_min(1e-12))
-    _raise_if_apart(diff, scale, rtol, adapter.name, "on the same inputs")
-    return diff, scale
-
-
-def _raise_if_apart(diff: float, scale: float, rtol: float, adapter: str, where: str) -> None:
     if not (diff == diff) or diff > rtol * scale:  # NaN-safe
         raise ExportMismatchError(
             f"The compact model does not compute what the gated model computed {where}: max |gated - compact| = "
             f"{diff:.3e} > {rtol:g} x {scale:.3e}. Nothing was returned or saved. This is a bug in the adapter "
-            f"({adapter}); please report it with your model config."
+            f"({adapter.name}); please report it with your model config."
         )
+    return diff, scale
 
 
 @torch.no_grad()
@@ -179,11 +183,8 @@ def check_generation(
         tokens = out.sequences
         reference = gated(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
         reference = reference[:, seq_len - 1 : tokens.shape[1] - 1].float()
-    rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
-    diff = float((reference - cached).abs().max())
-    scale = float(reference.abs().max().clamp_min(1e-12))
-    _raise_if_apart(diff, scale, rtol, adapter.name, f"when it generates {new_tokens} tokens with its KV cache")
-    return diff
+    where = f"when it generates {new_tokens} tokens with its KV cache"
+    return _compare(reference, cached, rtol, adapter, gated, where)[0]
 
 
 def _tensors(*models: nn.Module) -> Iterator[torch.Tensor]:
