@@ -71,6 +71,10 @@ from lightning_prune.pruner import Pruner
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+#: the steps' names in messages, by mode
+_STEP_NAMES = {"generator": "generator", "lora": "LoRA"}
+
+
 def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """``model(**batch).loss`` (a Hugging Face model given labels)."""
     return model(**batch).loss
@@ -202,25 +206,44 @@ class ATPController:
         """
         if self.frozen:
             return None
+        parameters = self.generator_parameters
+        task, _ = self._update("generator", batch, optimizer, loss_fn, max_grad_norm, parameters, train=not eval_model)
+        ratio = self.regularizer.last_ratio_loss
+        self.record_generator_step()
+        return {"loss": float(task.detach()), "ratio_loss": float("nan") if ratio is None else ratio}
+
+    def _update(
+        self,
+        mode: str,
+        batch: Any,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        max_grad_norm: float | None,
+        parameters: Callable[[], list[nn.Parameter]],
+        train: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step in ``mode``: task loss + penalty, backward, ``parameters()`` clipped, step; returns
+        ``(task loss, penalty)``. ``train``: the model's train mode during the step (restored after), ``None``:
+        left as it is."""
         model = self.pruner.model
         was_training = model.training
         optimizer.zero_grad(set_to_none=True)
         try:
-            with self.mode("generator"):
-                model.train(not eval_model)
+            with self.mode(mode):
+                if train is not None:
+                    model.train(train)
                 task = loss_fn(model, batch)
-                self.pruner.check_loss(task, "generator step's task loss")
-                total = task + self.pruner.penalty()
-                total.backward()
+                self.pruner.check_loss(task, f"{_STEP_NAMES[mode]} step's task loss")
+                penalty = self.pruner.penalty()
+                (task + penalty).backward()
         finally:
-            model.train(was_training)
+            if train is not None:
+                model.train(was_training)
         if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.generator_parameters(), max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ratio = self.regularizer.last_ratio_loss
-        self.record_generator_step()
-        return {"loss": float(task.detach()), "ratio_loss": float("nan") if ratio is None else ratio}
+        return task, penalty
 
     def record_generator_step(self) -> bool:
         """Count a generator update (call after ``optimizer.step()`` in a hand-written loop); freezes the
@@ -243,16 +266,7 @@ class ATPController:
             loss_fn: the task loss (default ``model(**batch).loss``).
             max_grad_norm: gradient clipping of the LoRA parameters (1.0 in ATP); ``None`` for none.
         """
-        optimizer.zero_grad(set_to_none=True)
-        with self.mode("lora"):
-            task = loss_fn(self.pruner.model, batch)
-            self.pruner.check_loss(task, "LoRA step's task loss")
-            penalty = self.pruner.penalty()
-            (task + penalty).backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.lora_parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        task, penalty = self._update("lora", batch, optimizer, loss_fn, max_grad_norm, self.lora_parameters)
         zeroed = self.after_lora_step(optimizer)
         return {"loss": float(task.detach()), "group_lasso": float(penalty.detach()), "zeroed_groups": zeroed}
 
