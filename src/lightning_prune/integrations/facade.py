@@ -8,34 +8,17 @@ gives them its public names, so ``callback.dense_steps``, ``callback.pruner`` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from lightning_prune.integrations.driver import TrainingDriver
-
-#: The driver's options: each callback takes them as arguments, hands them to its driver by name
-#: (:meth:`DriverFacade._make_driver`) and reads and writes them as its own attributes.
-DRIVER_OPTIONS = (
-    "config",
-    "export_dir",
-    "dense_steps",
-    "freeze_after_steps",
-    "reset_optimizer_at_freeze",
-    "schedule",
-    "seed",
-    "adapter",
-    "overwrite_export",
-    "plot",
-    "log_stats",
-)
 
 
 class _OnDriver:
     """A class attribute that reads (and writes, unless ``read_only``) the same name on ``instance.driver``."""
 
-    def __init__(self, read_only: bool = False, name: str = "") -> None:
+    def __init__(self, read_only: bool = False) -> None:
         self.read_only = read_only
-        self.name = name
+        self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -54,13 +37,25 @@ class _OnDriver:
 class DriverFacade:
     """Mixin of the integration callbacks: the driver's options, state and schedule under the callback's name.
 
-    Options (readable and writable): :data:`DRIVER_OPTIONS` (set on the class below it) and ``FREEZE_LAG``. State
-    (read-only): ``pruner``, ``phase``. Methods: ``phase_at``, ``pruning_step_at``, ``schedule_warning``,
-    ``freeze_lag_warning``, ``log_stats_dict``.
+    Options (readable and writable): ``config``, ``export_dir``, ``dense_steps``, ``freeze_after_steps``,
+    ``reset_optimizer_at_freeze``, ``schedule``, ``seed``, ``adapter``, ``overwrite_export``, ``plot``,
+    ``log_stats``. State (read-only): ``pruner``, ``phase``. Methods: ``phase_at``, ``pruning_step_at``,
+    ``schedule_warning``, ``freeze_lag_warning``, ``log_stats_dict``.
     """
 
-    driver: TrainingDriver  # set by the integration's __init__ (:meth:`_make_driver`)
+    driver: TrainingDriver  # set by the integration's __init__
 
+    config = _OnDriver()
+    export_dir = _OnDriver()
+    dense_steps = _OnDriver()
+    freeze_after_steps = _OnDriver()
+    reset_optimizer_at_freeze = _OnDriver()
+    schedule = _OnDriver()
+    seed = _OnDriver()
+    adapter = _OnDriver()
+    overwrite_export = _OnDriver()
+    plot = _OnDriver()
+    log_stats = _OnDriver()
     FREEZE_LAG = _OnDriver()
 
     pruner = _OnDriver(read_only=True)
@@ -74,12 +69,3 @@ class DriverFacade:
     schedule_warning = _OnDriver(read_only=True)
     freeze_lag_warning = _OnDriver(read_only=True)
     log_stats_dict = _OnDriver(read_only=True)
-
-    def _make_driver(self, arguments: Mapping[str, Any], **wiring: Any) -> None:
-        """``self.driver``: a :class:`TrainingDriver` with the :data:`DRIVER_OPTIONS` in ``arguments`` (the callback's
-        ``__init__`` arguments, ``locals()``) and ``wiring`` (hints and message sinks of the integration)."""
-        self.driver = TrainingDriver(**{name: arguments[name] for name in DRIVER_OPTIONS}, **wiring)
-
-
-for _name in DRIVER_OPTIONS:
-    setattr(DriverFacade, _name, _OnDriver(name=_name))

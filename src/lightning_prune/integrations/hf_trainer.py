@@ -40,7 +40,7 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.integrations.driver import TrainingDriver  # noqa: F401  (imported from here before)
+from lightning_prune.integrations.driver import TrainingDriver
 from lightning_prune.integrations.facade import DriverFacade
 from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, read_resume_record, write_resume_record
 from lightning_prune.methods.base import PruningConfig
@@ -122,8 +122,21 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
         reset_optimizer_at_freeze: bool | None = None,
         schedule: str = "auto",
     ) -> None:
-        self._make_driver(
-            locals(), overwrite_hint="PruningTrainerCallback(..., overwrite_export=True)", info=log.info, warn=_warn
+        self.driver = TrainingDriver(
+            config,
+            export_dir,
+            dense_steps,
+            freeze_after_steps,
+            seed,
+            adapter,
+            overwrite_export,
+            plot,
+            log_stats,
+            reset_optimizer_at_freeze,
+            schedule,
+            overwrite_hint="PruningTrainerCallback(..., overwrite_export=True)",
+            info=log.info,
+            warn=_warn,
         )
 
     # -- wiring (called by PruningTrainer) -------------------------------------------------------------

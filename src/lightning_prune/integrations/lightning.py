@@ -37,7 +37,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
-from lightning_prune.integrations.driver import TrainingDriver  # noqa: F401  (imported from here before)
+from lightning_prune.integrations.driver import TrainingDriver
 from lightning_prune.integrations.facade import DriverFacade
 from lightning_prune.integrations.lightning_support import (
     InstancePatches,
@@ -158,8 +158,18 @@ class PruningCallback(Callback, DriverFacade):
             raise PruningConfigError(
                 f"`model_attribute` must be a non-empty attribute name or None, got {model_attribute!r}."
             )
-        self._make_driver(
-            locals(),
+        self.driver = TrainingDriver(
+            config,
+            export_dir,
+            dense_steps,
+            freeze_after_steps,
+            seed,
+            adapter,
+            overwrite_export,
+            plot,
+            log_stats,
+            reset_optimizer_at_freeze,
+            schedule,
             config_hint=" HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`.",
             overwrite_hint=OVERWRITE_HINT,
             info=rank_zero_info,
