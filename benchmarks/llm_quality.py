@@ -150,23 +150,31 @@ def train_plain(model: nn.Module, data: Data, cfg: LLMBenchConfig) -> list[float
     return times
 
 
-def _phase(step: int, cfg: LLMBenchConfig) -> str:
-    if step < int(cfg.dense_frac * cfg.steps):
+def _phase(step: int, cfg: LLMBenchConfig, dense_frac: float | None = None, freeze_frac: float | None = None) -> str:
+    dense_frac = cfg.dense_frac if dense_frac is None else dense_frac
+    freeze_frac = cfg.freeze_frac if freeze_frac is None else freeze_frac
+    if step < int(dense_frac * cfg.steps):
         return "dense"
-    return "prune" if step < max(int(cfg.freeze_frac * cfg.steps), 1) else "frozen"
+    return "prune" if step < max(int(freeze_frac * cfg.steps), 1) else "frozen"
 
 
 def train_gated(
-    model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBenchConfig, prompt: list[int] | None = None
+    model: nn.Module,
+    config: lp.PruningConfig,
+    data: Data,
+    cfg: LLMBenchConfig,
+    prompt: list[int] | None = None,
+    dense_frac: float | None = None,
+    freeze_frac: float | None = None,
 ) -> tuple[nn.Module, list[float]]:
-    """Our methods through the plain-PyTorch API: dense → prune → frozen; returns (export, pruning-phase step
-    times)."""
+    """Our methods through the plain-PyTorch API: dense → prune → frozen (the benchmark's phases, or this row's
+    ``dense_frac`` / ``freeze_frac``); returns (export, pruning-phase step times)."""
     pruner = lp.attach(model, config)
     opt = torch.optim.AdamW(pruner.param_groups(lr=cfg.lr))
     model.train()
     times = []
     for step, ids in enumerate(data.train):
-        phase = _phase(step, cfg)
+        phase = _phase(step, cfg, dense_frac, freeze_frac)
         if phase != pruner.phase:
             pruner.set_phase(phase)
         start = STEP_CLOCK()
@@ -213,6 +221,36 @@ def _l0(s, cfg):
     )
 
 
+def _l0_importance(uniform: bool):
+    """Issue #18 study: gates set from the Fisher ranks at the end of the dense warm-up (the first masks are the
+    one-shot Taylor selection LLM-Pruner makes), then learned; ``uniform=False`` lets the layers' widths differ."""
+
+    def config(s, cfg):
+        return lp.L0Config(
+            **_shared(s, cfg),
+            uniform=uniform,
+            init_from_importance=True,
+            gate_lr=cfg.gate_lr,
+            lagrangian_lr=cfg.lagrangian_lr,
+        )
+
+    return config
+
+
+def _gradual(uniform: bool, warmup_frac: float | None = None, **fields: Any):
+    """:class:`~lightning_prune.GradualConfig`: the exact-target selection by learned (Fisher-initialised) score in
+    every training forward; ``warmup_frac`` overrides the benchmark's target warm-up (0: one-shot at the first
+    prune step, then the scores keep learning); ``fields``: other config fields (e.g. ``distill_weight``)."""
+
+    def config(s, cfg):
+        shared = _shared(s, cfg)
+        if warmup_frac is not None:
+            shared["warmup_steps"] = int(warmup_frac * cfg.steps)
+        return lp.GradualConfig(**shared, uniform=uniform, **fields)
+
+    return config
+
+
 def _ste(s, cfg):
     return lp.STEConfig(**_shared(s, cfg), uniform=True, lagrangian_lr=cfg.lagrangian_lr)
 
@@ -250,6 +288,24 @@ def train_pat(model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBe
 #: name -> (config at a sparsity, trainer). The trainer returns (compact model, step times to report).
 METHODS: dict[str, tuple[Callable, Callable]] = {
     "l0": (_l0, train_gated),
+    "l0+imp": (_l0_importance(uniform=True), train_gated),
+    "l0+imp+global": (_l0_importance(uniform=False), train_gated),
+    "gradual": (_gradual(uniform=True), train_gated),
+    "gradual+global": (_gradual(uniform=False), train_gated),
+    "gradual+w0": (_gradual(uniform=True, warmup_frac=0.0), train_gated),
+    "gradual+global+w0": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
+    "gradual+global+w10": (_gradual(uniform=False, warmup_frac=0.1), train_gated),
+    "gradual+global+w0+kd": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
+    "gradual+global+w10+kd": (_gradual(uniform=False, warmup_frac=0.1, distill_weight=0.5), train_gated),
+    # the MiniLM finding: one-shot cut at 30% of the steps, masks frozen right after
+    "gradual+global+os": (
+        _gradual(uniform=False, warmup_frac=0.0),
+        functools.partial(train_gated, dense_frac=0.3, freeze_frac=0.32),
+    ),
+    "gradual+global+w0+f12": (  # cut at 10%, frozen right after
+        _gradual(uniform=False, warmup_frac=0.0),
+        functools.partial(train_gated, freeze_frac=0.12),
+    ),
     "ste": (_ste, train_gated),
     "polarization": (_polarization, train_gated),
     "compresso": (_compresso, lambda m, c, d, cfg: train_gated(m, c, d, cfg, prompt=d.compresso_prompt)),

@@ -486,6 +486,10 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+a5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.1, 0.3, True)),
     "gradual+b5": MethodEntry(_gradual_variant(0.2, gate_lr=0.05), _schedule(0.2, 0.4, True)),
     "gradual+a10": MethodEntry(_gradual_variant(0.2, gate_lr=0.1), _schedule(0.1, 0.3, True)),
+    # session 7: the cut at two-stage's step (30%) in one shot (warm-up 0), masks frozen right after (fresh optimizer
+    # state): two-stage with our Fisher-per-cost selection; +u: the same number of units in every layer
+    "gradual+os": MethodEntry(_gradual_variant(0.0), _schedule(0.3, 0.31, True)),
+    "gradual+os+u": MethodEntry(_gradual_variant(0.0, uniform=True), _schedule(0.3, 0.31, True)),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     "l0+imp+early+reset": MethodEntry(_l0_variant(warmup=0.1, init_from_importance=True), _schedule(0.1, 0.25, True)),

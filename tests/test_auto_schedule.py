@@ -9,9 +9,9 @@ import logging
 import pytest
 import torch
 import transformers
-from conftest import tiny_causal_lm
+from conftest import tiny_causal_lm, with_lora
 from lightning.pytorch.callbacks import Callback
-from lightning_helpers import hf_token_rows, hf_training_args, lit_llama, loader, trainer
+from lightning_helpers import LitLM, hf_token_rows, hf_training_args, lit_llama, loader, trainer
 
 import lightning_prune as lp
 from lightning_prune import recipes
@@ -132,6 +132,54 @@ def test_gradual_default_callback_runs_its_own_schedule():
     )
     assert callback.pruner.config.warmup_steps == warmup and callback.phase == "frozen"
     assert 0.4 <= callback.pruner.stats()["exact_sparsity"] <= 0.45  # exact at every step, so at the end too
+
+
+def test_gradual_on_peft_lora_runs_the_adapter_schedule(caplog):
+    """LoRA on frozen weights: the whole target at the first pruning step, scores learning until 75%, no reset
+    (``phases.GRADUAL_ADAPTER_SCHEDULE``, measured on SmolLM2 + LoRA); the same config on the plain model keeps the
+    full fine-tuning schedule."""
+    from lightning_prune.phases import GRADUAL_ADAPTER_SCHEDULE, GRADUAL_SCHEDULE
+
+    config = lp.GradualConfig(target_sparsity=0.4, structures=("heads", "ffn"))
+    lora = LitLM(with_lora(tiny_causal_lm("llama").train()))
+    callback = _quiet(config)
+    with caplog.at_level(logging.INFO, logger="lightning_prune"):
+        trainer(STEPS, [callback]).fit(lora, loader())
+    dense, warmup, freeze = recipes.phase_steps(STEPS, GRADUAL_ADAPTER_SCHEDULE)
+    assert (dense, warmup, freeze) == (2, 1, 15)
+    assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (
+        dense,
+        freeze,
+        False,
+    )
+    assert callback.pruner.config.warmup_steps == warmup and callback.phase == "frozen"
+    assert "peft adapters" in caplog.text and "fresh optimizer state" not in caplog.text
+    assert 0.4 <= callback.pruner.stats()["exact_sparsity"] <= 0.45
+
+    plain = _quiet(config)
+    trainer(STEPS, [plain]).fit(lit_llama(), loader())
+    assert (plain.dense_steps, plain.freeze_after_steps) == recipes.phase_steps(STEPS, GRADUAL_SCHEDULE)[::2]
+    assert plain.reset_optimizer_at_freeze
+
+
+def test_hf_trainer_gradual_on_peft_lora_runs_the_adapter_schedule(tmp_path):
+    from lightning_prune.phases import GRADUAL_ADAPTER_SCHEDULE
+
+    model = with_lora(tiny_causal_lm("llama").train())
+    callback = PruningTrainerCallback(lp.GradualConfig(target_sparsity=0.4, structures=("heads", "ffn")), plot=False)
+    hf = PruningTrainer(
+        model=model,
+        args=hf_training_args(tmp_path, max_steps=STEPS),
+        train_dataset=hf_token_rows(),
+        callbacks=[callback],
+    )
+    dense, warmup, freeze = recipes.phase_steps(STEPS, GRADUAL_ADAPTER_SCHEDULE)
+    assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (
+        dense,
+        freeze,
+        False,
+    )
+    assert hf.pruner.config.warmup_steps == warmup
 
 
 def test_a_manual_schedule_never_sizes_the_run(tmp_path, monkeypatch):

@@ -10,8 +10,7 @@ model is, how the loss comes back, barriers, loggers, checkpoint files): :class:
 (Lightning) and :class:`~lightning_prune.integrations.hf_trainer.PruningTrainerCallback` (HF ``Trainer``).
 Nothing here imports Lightning or ``transformers``; a plain PyTorch loop drives it as well::
 
-    driver = TrainingDriver(lp.L0Config(target_sparsity=0.5), export_dir="compact/", dense_steps=10,
-                            freeze_after_steps=80)
+    driver = TrainingDriver(lp.L0Config(), export_dir="compact/", dense_steps=10, freeze_after_steps=80)
     driver.attach(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     driver.hook_optimizer(optimizer)  # gate groups, their lr per phase, the post-step
@@ -139,10 +138,11 @@ class TrainingDriver(PhaseSchedule):
         return self._phase
 
     # -- attach ---------------------------------------------------------------------------------------------------
-    def resolve_schedule(self, total_steps: int | None, info: Callable[[str], None] | None = None) -> bool:
-        """:meth:`PhaseSchedule.resolve_schedule <lightning_prune.integrations.schedule.PhaseSchedule.resolve_schedule>`
-        (``info`` defaults to the driver's); a run given the recipe's phases starts dense."""
-        resolved = super().resolve_schedule(total_steps, info or self.info)
+    def resolve_schedule(
+        self, total_steps: int | None, info: Callable[[str], None] | None = None, model: nn.Module | None = None
+    ) -> bool:
+        """:meth:`.PhaseSchedule.resolve_schedule` (``info``: the driver's); once set, the run starts dense."""
+        resolved = super().resolve_schedule(total_steps, info or self.info, model)
         if resolved:
             self._phase = "dense"
         return resolved

@@ -146,7 +146,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
         ``total_steps``: the run's optimizer steps, for ``schedule="auto"`` (``None``: unknown)."""
         if self.driver.attached_to(model):
             return self.pruner
-        self.driver.resolve_schedule(total_steps)
+        self.driver.resolve_schedule(total_steps, model=model)
         pruner = self.driver.attach(model)
         self.driver.use_seed(base_seed)
         self.set_step(0)

@@ -113,8 +113,9 @@ class PruningCallback(Callback, DriverFacade):
             best on ``benchmarks/quality.py`` (issue #18): runs of 200+ steps train dense 30%, reach the target over
             5% and freeze at 40% with a fresh optimizer state; shorter runs 10% / 30% / 50%. A config with
             ``warmup_steps=0`` gets the recipe's warm-up. A :class:`~lightning_prune.GradualConfig`: dense 10%, warm-up
-            20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``). Other methods, or any phase argument
-            given: ``"manual"``.
+            20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``); on a model that trains peft adapters
+            (LoRA) the whole target at the first pruning step, frozen from 75%, no reset
+            (``GRADUAL_ADAPTER_SCHEDULE``). Other methods, or any phase argument given: ``"manual"``.
             ``"manual"``: the values given (unset: no dense phase, no freeze, no reset).
 
     Raises:
@@ -194,7 +195,7 @@ class PruningCallback(Callback, DriverFacade):
         check_strategy(trainer)
         sized = stage == "fit" or (trainer.max_steps is not None and trainer.max_steps > 0)
         if self.driver.awaits_run_length and sized:
-            self.driver.resolve_schedule(known_total_steps(trainer))
+            self.driver.resolve_schedule(known_total_steps(trainer), model=pl_module)
         self.attach(pl_module)
         self.driver.use_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
         self._patches.patch(pl_module, "on_load_checkpoint", self._wrap_on_load_checkpoint)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_prune.errors import PruningConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 PHASE_INDEX = {"dense": 0, "prune": 1, "frozen": 2}
 #: Values of the integrations' ``schedule`` argument.
@@ -110,11 +113,14 @@ class PhaseSchedule:
         size the run only then (sizing may build the training dataloader)."""
         return self._auto_schedule
 
-    def resolve_schedule(self, total_steps: int | None, info: Callable[[str], None]) -> bool:
+    def resolve_schedule(
+        self, total_steps: int | None, info: Callable[[str], None], model: nn.Module | None = None
+    ) -> bool:
         """``schedule="auto"``: set the phases, the fresh optimizer state at the freeze and (when the config's is 0)
         the target warm-up from :func:`lightning_prune.recipes.phase_steps` for a run of ``total_steps`` optimizer
         steps, before the gates are attached. Called once the run's length is known; a run of unknown length (or
-        under 4 steps) keeps the manual defaults and says so through ``info``. Idempotent.
+        under 4 steps) keeps the manual defaults and says so through ``info``. Idempotent. ``model``: the model to be
+        pruned; when it trains peft adapters, :func:`lightning_prune.phases.auto_schedule` may pick their phases.
 
         Returns:
             ``True`` when the recipe's phases were set now.
@@ -131,9 +137,10 @@ class PhaseSchedule:
             return False
         import copy  # local: keeps this module import-light
 
-        from lightning_prune.phases import AUTO_SCHEDULES, phase_steps
+        from lightning_prune.peft_tuners import tuner_layers
+        from lightning_prune.phases import auto_schedule, phase_steps
 
-        recipe = AUTO_SCHEDULES[self.config.method_name]
+        recipe = auto_schedule(self.config.method_name, adapters=model is not None and bool(tuner_layers(model)))
         dense, warmup, freeze = phase_steps(int(total_steps), recipe)
         self.dense_steps, self.freeze_after_steps = dense, freeze
         self.reset_optimizer_at_freeze = recipe.reset_optimizer_at_freeze
@@ -143,7 +150,9 @@ class PhaseSchedule:
             self.config = config
         info(
             f"lightning-prune: schedule 'auto' ({self.config.method_name}) for {total_steps} steps: dense {dense}, "
-            f"target warm-up {self.config.warmup_steps}, masks frozen from step {freeze} with a fresh optimizer state. "
+            f"target warm-up {self.config.warmup_steps}, masks frozen from step {freeze}"
+            f"{' with a fresh optimizer state' if self.reset_optimizer_at_freeze else ''}"
+            f"{' (peft adapters: their schedule)' if recipe is not auto_schedule(self.config.method_name) else ''}. "
             "Pass `dense_steps`/`freeze_after_steps` or `schedule='manual'` to choose yourself."
         )
         return True
