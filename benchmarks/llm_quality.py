@@ -7,10 +7,13 @@ LoRA (r=8 on all seven projections) for the **same optimizer steps on the same p
 evaluated as a compact model (LoRA merged):
 
 * ``dense LoRA``: no pruning (the reference);
-* ours (:data:`METHODS`): L0 (CoFi-style hard-concrete gates on KV groups + FFN channels, Lagrangian target),
-  STE, polarization, Compresso (+ its collaborative prompt in training and evaluation), ATP (decision generator
-  in alternation with LoRA), PAT; all with ``uniform=True`` where the method has it (standard exports); dense
-  warm-up for 10% of the steps, target warm-up over 40%, masks frozen from 75%;
+* ours (:data:`METHODS`): gradual (``GradualConfig``: exact-target selection by learned, Fisher-initialised scores,
+  widths free across layers, the whole target at the first pruning step: the library's LoRA schedule), gradual with
+  self-distillation from the pretrained model, L0 (CoFi-style hard-concrete gates on KV groups + FFN channels,
+  Lagrangian target), STE, polarization, Compresso (+ its collaborative prompt in training and evaluation), ATP
+  (decision generator in alternation with LoRA), PAT; all but gradual with ``uniform=True`` where the method has it
+  (standard exports); dense warm-up for 10% of the steps, target warm-up over 40% (gradual: one step), masks frozen
+  from 75%;
 * ``LLM-Pruner``: first-order Taylor importance per KV group / FFN channel on calibration batches, uniform ratio
   with the first 3 and last 2 layers kept whole, one-shot removal, then LoRA recovery for all the steps;
 * ``FLAP``: fluctuation metric, global z-scored comparison (adaptive per-layer widths), bias compensation, LoRA;
@@ -21,7 +24,7 @@ Per row: domain and general perplexity (same token windows for every model), par
 decode tokens/s (greedy, KV cache) of every compact model measured round-robin in one run (medians), the median
 training step time vs dense LoRA, and one greedy sample. Writes ``llm_quality.{json,md,png}`` under ``--output``.
 
-    python benchmarks/llm_quality.py --quick   # 50%: dense, l0, LLM-Pruner, FLAP, Wanda-sp; ~15 min on 2 cores
+    python benchmarks/llm_quality.py --quick   # 50%: dense, l0, gradual(+kd), LLM-Pruner, FLAP, Wanda-sp; ~25 min
     python benchmarks/llm_quality.py           # 30% and 50%, every method and baseline, 100 steps (~1.5 h)
 """
 
@@ -66,7 +69,7 @@ class LLMBenchConfig:
     lora_r: int = 8
     seed: int = 0
     sparsities: tuple[float, ...] = (0.3, 0.5)
-    methods: tuple[str, ...] = ("l0", "ste", "polarization", "compresso", "atp", "pat")
+    methods: tuple[str, ...] = ("l0", "gradual", "gradual+kd", "ste", "polarization", "compresso", "atp", "pat")
     baselines: tuple[str, ...] = ("llm-pruner", "flap", "wanda-sp")
     calib_batches: int = 4  # importance / activation statistics (LLM-Pruner used 10 × 128 tokens); ATP's generator
     eval_windows: int = 32  # per test set, seq_len tokens each
@@ -288,24 +291,25 @@ def train_pat(model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBe
 #: name -> (config at a sparsity, trainer). The trainer returns (compact model, step times to report).
 METHODS: dict[str, tuple[Callable, Callable]] = {
     "l0": (_l0, train_gated),
-    "l0+imp": (_l0_importance(uniform=True), train_gated),
-    "l0+imp+global": (_l0_importance(uniform=False), train_gated),
-    "gradual": (_gradual(uniform=True), train_gated),
-    "gradual+global": (_gradual(uniform=False), train_gated),
-    "gradual+w0": (_gradual(uniform=True, warmup_frac=0.0), train_gated),
-    "gradual+global+w0": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
-    "gradual+global+w10": (_gradual(uniform=False, warmup_frac=0.1), train_gated),
-    "gradual+global+w0+kd": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
-    "gradual+global+w10+kd": (_gradual(uniform=False, warmup_frac=0.1, distill_weight=0.5), train_gated),
-    # the MiniLM finding: one-shot cut at 30% of the steps, masks frozen right after
-    "gradual+global+os": (
+    # GradualConfig as a user gets it on a LoRA model (``schedule="auto"``: phases.GRADUAL_ADAPTER_SCHEDULE, which is
+    # this benchmark's dense 10% / frozen from 75%; widths free across layers; the whole target at the first
+    # pruning step); +kd: with self-distillation from the pretrained model (``distill_weight=0.5``)
+    "gradual": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
+    "gradual+kd": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
+    # issue #18 study (session 7): +u: the same widths in every layer (a standard config); +wN: the target reached
+    # over N% of the steps (default: the benchmark's 40%); +os: cut at 30%, frozen right after; +f12: frozen at 12%
+    "gradual+u+w40": (_gradual(uniform=True), train_gated),
+    "gradual+u": (_gradual(uniform=True, warmup_frac=0.0), train_gated),
+    "gradual+w40": (_gradual(uniform=False), train_gated),
+    "gradual+w10": (_gradual(uniform=False, warmup_frac=0.1), train_gated),
+    "gradual+w10+kd": (_gradual(uniform=False, warmup_frac=0.1, distill_weight=0.5), train_gated),
+    "gradual+os": (
         _gradual(uniform=False, warmup_frac=0.0),
         functools.partial(train_gated, dense_frac=0.3, freeze_frac=0.32),
     ),
-    "gradual+global+w0+f12": (  # cut at 10%, frozen right after
-        _gradual(uniform=False, warmup_frac=0.0),
-        functools.partial(train_gated, freeze_frac=0.12),
-    ),
+    "gradual+f12": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, freeze_frac=0.12)),
+    "l0+imp+u": (_l0_importance(uniform=True), train_gated),
+    "l0+imp": (_l0_importance(uniform=False), train_gated),
     "ste": (_ste, train_gated),
     "polarization": (_polarization, train_gated),
     "compresso": (_compresso, lambda m, c, d, cfg: train_gated(m, c, d, cfg, prompt=d.compresso_prompt)),
@@ -558,7 +562,7 @@ def smollm2_data(cfg: LLMBenchConfig, tokenizer) -> Data:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50%% only, l0 + the three baselines, 50 steps")
+    parser.add_argument("--quick", action="store_true", help="50%% only, l0, gradual(+kd), the baselines, 50 steps")
     parser.add_argument("--output", type=Path, default=Path("outputs/llm_quality"))
     parser.add_argument("--steps", type=int, help="optimizer steps per row (overrides the mode's)")
     parser.add_argument("--sparsities", type=float, nargs="+", help="fractions of prunable parameters removed")
@@ -578,7 +582,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     logging.getLogger("lightning_prune").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     if args.quick:
-        cfg = LLMBenchConfig(steps=50, sparsities=(0.5,), methods=("l0",), eval_windows=24)
+        cfg = LLMBenchConfig(steps=50, sparsities=(0.5,), methods=("l0", "gradual", "gradual+kd"), eval_windows=24)
     else:
         cfg = LLMBenchConfig()
     if args.steps is not None:
