@@ -1,7 +1,8 @@
-"""SmolLM2-135M (real weights, offline) through the exact-budget methods a user would pick (L0 and gradual): a few
-training steps (dense, then pruning 30% of heads + FFN channels), ``save_compact`` → ``load_compact``, and greedy
-decoding with the reloaded model's KV cache against the gated model's uncached tokens. Prints the export report's
-sizes and check differences per method.
+"""SmolLM2-135M (real weights, offline) through the exact-budget methods a user would pick (L0 and gradual, and
+gradual on peft LoRA at 50%, the benchmark's best LLM row): a few training steps (dense, then pruning heads + FFN
+channels with widths free across layers), ``save_compact`` → ``load_compact``, and greedy decoding with the reloaded
+model's KV cache against the gated model's uncached tokens. Prints the export report's sizes and check differences
+per case.
 
     OMP_NUM_THREADS=2 python benchmarks/smollm2_export_check.py      # ~20 s after the first GGUF conversion
 """
@@ -33,11 +34,20 @@ def greedy_uncached(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tenso
     return tokens
 
 
-def check(config: lp.PruningConfig) -> str:
+def check(config: lp.PruningConfig, lora: bool = False) -> str:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), torch_dtype=torch.float32).train()
+    if lora:  # LoRA on all seven projections, B non-zero so that the merge matters
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, lora_dropout=0.0))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.01)
     pruner = lp.attach(model, config)
-    optimizer = torch.optim.AdamW(pruner.param_groups(lr=1e-5))
+    optimizer = torch.optim.AdamW(pruner.param_groups(lr=1e-5 if not lora else 5e-4))
     pruner.hook_optimizer(optimizer)
     ids = torch.randint(0, model.config.vocab_size, (2, 32))
     pruner.set_phase("dense")
@@ -54,7 +64,8 @@ def check(config: lp.PruningConfig) -> str:
         cached = reloaded.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
     same = torch.equal(cached, greedy_uncached(model, prompt, 8))
     return (
-        f"{config.method_name}: sparsity {report.exact_sparsity:.4f}, params {report.params_before:,} -> "
+        f"{config.method_name}{' + LoRA' if lora else ''}: sparsity {report.exact_sparsity:.4f}, "
+        f"params {report.params_before:,} -> "
         f"{report.params_after:,}, check max diff {report.max_abs_diff:.2e} (scale {report.reference_scale:.1f}), "
         f"generation diff {report.generation_max_abs_diff:.2e}, reloaded cached tokens == gated uncached: {same}"
     )
@@ -62,11 +73,12 @@ def check(config: lp.PruningConfig) -> str:
 
 def main() -> None:
     start = time.time()
-    for config in (
-        lp.GradualConfig(target_sparsity=0.3, structures=("heads", "ffn"), warmup_steps=2),
-        lp.L0Config(target_sparsity=0.3, structures=("heads", "ffn"), warmup_steps=2),
+    for config, lora in (
+        (lp.GradualConfig(target_sparsity=0.3, structures=("heads", "ffn"), warmup_steps=2), False),
+        (lp.L0Config(target_sparsity=0.3, structures=("heads", "ffn"), warmup_steps=2), False),
+        (lp.GradualConfig(target_sparsity=0.5, structures=("heads", "ffn"), distill_weight=0.5), True),
     ):
-        print(check(config))
+        print(check(config, lora))
     print(f"{time.time() - start:.0f} s")
 
 

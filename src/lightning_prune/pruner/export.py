@@ -15,7 +15,7 @@ from lightning_prune.export.merge import MergedWeights
 from lightning_prune.export.report import REPORT_ATTRIBUTE, ExportReport, count_parameters
 from lightning_prune.export.verify import verify_export
 from lightning_prune.pruner.state import STATE_ATTRIBUTE
-from lightning_prune.pruner.stats import _binary
+from lightning_prune.pruner.stats import _binary, emptied_structures_warning
 
 log = logging.getLogger("lightning_prune")
 
@@ -43,6 +43,9 @@ class ExportMixin:
             masks = {name: torch.ones(spec.rows, spec.units) for name, spec in self.specs.items()}
         else:
             masks = self.deterministic_masks()
+            emptied = emptied_structures_warning(masks)
+            if emptied is not None:
+                log.warning(emptied)
         state = MergedWeights(self.model, skip_prefix=STATE_ATTRIBUTE)  # merged per tensor as the adapter reads it
         compact, info = self.config.build_compact(self, state, masks)
         compact.eval()  # a fresh model starts in training mode (dropout on); exports are for inference

@@ -34,3 +34,30 @@ class StatsMixin:
 def _binary(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Kept (1) / pruned (0) indicators of eval masks that may carry scales (``γ · binary``): sizes count units."""
     return {name: (m != 0).to(m.dtype) for name, m in masks.items()}
+
+
+#: What a model loses when a structure is gone from every layer (the warning's consequence clause).
+_EMPTIED_CONSEQUENCE = {
+    "heads": "no attention is left, so tokens no longer exchange information (a classifier reading one token sees "
+    "only that token; a language model becomes a per-token map)",
+    "attn_block": "no attention block is left, so tokens no longer exchange information",
+}
+
+
+def emptied_structures_warning(masks: dict[str, torch.Tensor]) -> str | None:
+    """A warning naming the structures whose every unit in every row is pruned (``None`` when there is none).
+
+    The export is still exact, but such a model is usually useless: L0 gates at 90% of MiniLM's encoder closed every
+    attention head (heads cost 64x an FFN channel, and the Lagrangian's push grows with a unit's cost), and the
+    exported classifier answered one class for every input (issue #18, session 7).
+    """
+    gone = [name for name, m in _binary(masks).items() if m.numel() and not bool(m.any())]
+    if not gone:
+        return None
+    consequences = "; ".join(f"{name}: {_EMPTIED_CONSEQUENCE[name]}" for name in gone if name in _EMPTIED_CONSEQUENCE)
+    return (
+        f"lightning-prune: every unit of {gone} was pruned in every layer"
+        f"{' (' + consequences + ')' if consequences else ''}. The export computes what the gated model did, but "
+        "that model has likely collapsed. Lower `target_sparsity`, fix the count per layer with `keep_units` (e.g. "
+        "{'heads': 2}), or rank units by importance instead of learned gates (GradualConfig)."
+    )

@@ -1,0 +1,53 @@
+"""An export whose masks removed a structure from every layer warns, naming it and what the model lost (issue #18,
+session 7: L0 gates at 90% of MiniLM's encoder closed every attention head and the exported classifier answered one
+class for every input). The export itself stays exact."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import tiny_causal_lm
+
+import lightning_prune as lp
+from lightning_prune.pruner.stats import emptied_structures_warning
+
+
+def _exported(caplog, keep_units: dict[str, int]) -> str:
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.3, structures=("heads", "ffn"), keep_units=keep_units))
+    pruner.set_phase("frozen")
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        compact = pruner.export()
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(compact(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    return caplog.text
+
+
+def test_every_head_pruned_warns_with_the_consequence_and_the_fixes(caplog):
+    text = _exported(caplog, {"heads": 0})
+    assert "every unit of ['heads'] was pruned in every layer" in text
+    assert "tokens no longer exchange information" in text
+    assert "keep_units" in text and "GradualConfig" in text
+
+
+def test_a_kept_head_does_not_warn(caplog):
+    assert "pruned in every layer" not in _exported(caplog, {"heads": 1})
+
+
+@pytest.mark.parametrize(
+    "masks, expected",
+    [
+        ({"heads": torch.zeros(2, 4), "ffn": torch.ones(2, 8)}, ["heads"]),
+        ({"heads": torch.tensor([[0.0, 0.0], [0.0, 0.7]]), "ffn": torch.zeros(2, 8)}, ["ffn"]),  # a scale counts
+        ({"heads": torch.ones(2, 4), "ffn": torch.ones(2, 8)}, []),
+    ],
+)
+def test_the_structures_named_are_those_with_no_unit_left(masks, expected):
+    message = emptied_structures_warning(masks)
+    assert (message is None) == (not expected)
+    if expected:
+        assert f"every unit of {expected}" in message
