@@ -24,7 +24,8 @@ Per row: domain and general perplexity (same token windows for every model), par
 decode tokens/s (greedy, KV cache) of every compact model measured round-robin in one run (medians), the median
 training step time vs dense LoRA, and one greedy sample. Writes ``llm_quality.{json,md,png}`` under ``--output``.
 
-    python benchmarks/llm_quality.py --quick   # 50%: dense, l0, gradual(+kd), LLM-Pruner, FLAP, Wanda-sp; ~25 min
+    python benchmarks/llm_quality.py --quick   # 50%: dense, l0, gradual(+kd), LLM-Pruner, FLAP, Wanda-sp
+                                               # (7.8 min on 2 cores before the two gradual rows, ~2 min each)
     python benchmarks/llm_quality.py           # 30% and 50%, every method and baseline, 100 steps (~1.5 h)
 """
 
