@@ -192,6 +192,50 @@ def train_gated(
     return pruner.export(), times
 
 
+def train_with_callback(
+    model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBenchConfig
+) -> tuple[nn.Module, list[float]]:
+    """What a Lightning user runs: their unchanged LightningModule (LoRA model, AdamW at the benchmark's lr) with
+    ``PruningCallback(config)`` and no phase arguments (``schedule="auto"`` picks the method's schedule for a peft
+    model), on the same batches in the same order; returns (export, step times of the pruning phase)."""
+    import lightning as L
+
+    class LoRAModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model.train()
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**_batch(batch, None)).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=cfg.lr)
+
+    times: list[float] = []
+    callback = lp.PruningCallback(config, plot=False, log_stats=False, prog_bar=False, seed=cfg.seed)
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.start = STEP_CLOCK()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if callback.phase == "prune":
+                times.append(STEP_CLOCK() - self.start)
+
+    trainer = L.Trainer(
+        max_steps=len(data.train),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        callbacks=[callback, StepClock()],
+    )
+    trainer.fit(LoRAModule(), torch.utils.data.DataLoader(data.train, batch_size=None, shuffle=False))
+    return callback.pruner.export(), times
+
+
 def train_atp(model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBenchConfig) -> tuple[nn.Module, list]:
     """ATP's alternation: a generator step on a calibration batch, then a LoRA step on the training batch."""
     pruner = lp.attach(model, config)
@@ -297,6 +341,11 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
     # pruning step); +kd: with self-distillation from the pretrained model (``distill_weight=0.5``)
     "gradual": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
     "gradual+kd": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
+    # the same as a Lightning user writes it: GradualConfig(target, structures) in PruningCallback, no phase argument
+    "gradual+callback": (
+        lambda s, cfg: lp.GradualConfig(target_sparsity=s, structures=("heads", "ffn"), flops_seq_len=cfg.seq_len),
+        train_with_callback,
+    ),
     # issue #18 study (session 7): +u: the same widths in every layer (a standard config); +wN: the target reached
     # over N% of the steps (default: the benchmark's 40%); +os: cut at 30%, frozen right after; +f12: frozen at 12%
     "gradual+u+w40": (_gradual(uniform=True), train_gated),

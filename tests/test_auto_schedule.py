@@ -146,7 +146,7 @@ def test_gradual_on_peft_lora_runs_the_adapter_schedule(caplog):
     with caplog.at_level(logging.INFO, logger="lightning_prune"):
         trainer(STEPS, [callback]).fit(lora, loader())
     dense, warmup, freeze = recipes.phase_steps(STEPS, GRADUAL_ADAPTER_SCHEDULE)
-    assert (dense, warmup, freeze) == (2, 1, 15)
+    assert (dense, warmup, freeze) == (2, 0, 15)
     assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (
         dense,
         freeze,

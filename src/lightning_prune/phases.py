@@ -63,7 +63,7 @@ L0_SCHEDULE = L0Schedule()
 GRADUAL_SCHEDULE = L0Schedule(dense=0.1, warmup=0.2, freeze=0.3)
 
 #: :class:`~lightning_prune.GradualConfig`'s phases when the model trains peft adapters (LoRA) on frozen weights:
-#: dense 10% (Fisher scores through the adapters' gradients), the whole target at the first pruning step (a one-step
+#: dense 10% (Fisher scores through the adapters' gradients), the whole target at the first pruning step (no
 #: warm-up), the scores keep learning until 75%, no optimizer reset (the adapters' state is all there is). Why: the
 #: frozen base weights cannot take over what a removed unit did, so pruning gradually buys nothing and costs steps
 #: under the final mask. Measured on ``benchmarks/llm_quality.py`` (SmolLM2-135M + LoRA, 50%, 50 steps, global
@@ -87,7 +87,8 @@ def auto_schedule(method: str, adapters: bool = False) -> L0Schedule:
 
 def phase_steps(max_steps: int, schedule: L0Schedule = L0_SCHEDULE) -> tuple[int, int, int]:
     """``(dense_steps, warmup_steps, freeze_after_steps)`` of ``schedule`` for a run of ``max_steps`` optimizer steps
-    (at least one dense step, two pruning steps and a warm-up inside the pruning phase).
+    (at least one dense step, two pruning steps and a warm-up inside the pruning phase, of at least one step unless
+    the schedule's warm-up fraction is 0).
 
     Raises:
         PruningConfigError: ``max_steps`` is too small for three phases (under 4 steps).
@@ -100,5 +101,6 @@ def phase_steps(max_steps: int, schedule: L0Schedule = L0_SCHEDULE) -> tuple[int
     dense_fraction, warmup_fraction, freeze_fraction = schedule.fractions(max_steps)
     dense = max(1, int(max_steps * dense_fraction))
     freeze = max(dense + 2, int(max_steps * freeze_fraction))
-    warmup = max(1, min(int(max_steps * warmup_fraction), freeze - dense))
+    warmup = min(int(max_steps * warmup_fraction), freeze - dense)
+    warmup = max(1, warmup) if warmup_fraction > 0 else 0  # 0: the whole target at the first pruning step
     return dense, warmup, freeze
