@@ -27,9 +27,15 @@ def _run_worker(mode: str, out: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     for key in ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    result = subprocess.run(
-        [sys.executable, str(WORKER), mode, str(out)], capture_output=True, text=True, timeout=300, env=env
-    )
+    for attempt in range(2):
+        result = subprocess.run(
+            [sys.executable, str(WORKER), mode, str(out)], capture_output=True, text=True, timeout=300, env=env
+        )
+        # A rank killed by a signal (gloo aborting a thread: "terminate called without an active exception", seen
+        # in a CI dry run on 2 cores, 2026-11-29) is retried once; a failure inside the worker's own checks raises there
+        # and is not retried, and a signal twice in a row fails.
+        if result.returncode == 0 or "terminated with signal" not in result.stderr or attempt == 1:
+            break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
