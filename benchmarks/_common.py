@@ -33,11 +33,41 @@ def llama(hidden=256, layers=4, heads=8, kv_heads=4, ffn=688, vocab=2000, seed=0
         return LlamaForCausalLM(cfg).to(dtype)
 
 
-def lora(model, r=8):
+#: Every projection of a Llama-family layer: the LoRA targets of the benchmarks.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora(model, r=8, b_std: float | None = None):
+    """peft LoRA (rank ``r``, alpha ``2r``, no dropout) on every projection; ``b_std``: draw ``B`` from
+    ``N(0, b_std²)`` (global RNG) instead of zeros, so that merging the adapters changes the weights."""
     from peft import LoraConfig, get_peft_model
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    model = get_peft_model(model, config)
+    if b_std is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, b_std)
+    return model
+
+
+def quiet_trainer(max_steps: int, callbacks=(), **kwargs):
+    """A Lightning ``Trainer`` on the CPU for ``max_steps`` steps with no logger, checkpoints, summary or progress
+    bar (``kwargs``: other ``Trainer`` arguments)."""
+    import lightning as L
+
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        **kwargs,
+    )
 
 
 def interleaved_median(fns: dict, repeats: int, warmup: int = 2, clock=time.perf_counter) -> dict[str, float]:

@@ -66,7 +66,7 @@ def _warm_up(lp, config_class, model_class, tmp: str | None) -> None:
 
 def child(args: argparse.Namespace) -> dict:
     """One measurement; runs in its own process."""
-    import _common  # noqa: F401  (offline environment variables)
+    import _common  # offline environment variables; LoRA
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -88,15 +88,8 @@ def child(args: argparse.Namespace) -> dict:
         finally:
             torch.set_default_dtype(previous)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if args.lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, lora_dropout=0.0))
-        with torch.no_grad():  # non-zero B so that the merge changes the weights
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, args.lora_b_std)
+    if args.lora:  # non-zero B so that the merge changes the weights
+        model = _common.lora(model, r=8, b_std=args.lora_b_std)
     structures = ("heads", "ffn", "hidden") if args.hidden else ("heads", "ffn")
     pruner = lp.attach(model, lp.L0Config(target_sparsity=0.0, structures=structures))
     pruner.config.match_target = False  # the random scores decide the masks

@@ -46,12 +46,11 @@ from typing import Any
 
 import llm_baselines as bl
 import torch
-from _common import interleaved_median
+from _common import interleaved_median, lora, quiet_trainer
 from torch import nn
 
 import lightning_prune as lp
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Step times are process CPU seconds (all threads): on a shared machine other jobs stretch wall time (a first quick run
 # measured a 18 s median wall step for dense LoRA against 2.0 s alone) but hardly the CPU time a step needs.
 STEP_CLOCK = time.process_time
@@ -129,10 +128,7 @@ class Row:
 
 # -- training -----------------------------------------------------------------------------------------------------
 def with_lora(model: nn.Module, cfg: LLMBenchConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules=LORA_TARGETS, lora_dropout=0.0)
-    return get_peft_model(model, lora)
+    return lora(model, cfg.lora_r)
 
 
 def _batch(ids: torch.Tensor, prompt: list[int] | None) -> dict[str, torch.Tensor]:
@@ -222,16 +218,7 @@ def train_with_callback(
             if callback.phase == "prune":
                 times.append(STEP_CLOCK() - self.start)
 
-    trainer = L.Trainer(
-        max_steps=len(data.train),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        callbacks=[callback, StepClock()],
-    )
+    trainer = quiet_trainer(len(data.train), [callback, StepClock()])
     trainer.fit(LoRAModule(), torch.utils.data.DataLoader(data.train, batch_size=None, shuffle=False))
     return callback.pruner.export(), times
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import interleaved_median
+from _common import interleaved_median, quiet_trainer
 from torch import nn
 
 import lightning_prune as lp
@@ -194,17 +194,7 @@ def fit(
     loader = torch.utils.data.DataLoader(
         task.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order
     )
-    trainer = L.Trainer(
-        max_steps=steps,
-        limit_train_batches=max(1, int(cfg.steps * cfg.prune_at)),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=list(callbacks),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
+    trainer = quiet_trainer(steps, callbacks, limit_train_batches=max(1, int(cfg.steps * cfg.prune_at)))
     trainer.fit(_module(model, cfg.lr, teacher), loader)
     return model.eval()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 
+import _common
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -38,14 +39,7 @@ def check(config: lp.PruningConfig, lora: bool = False) -> str:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), torch_dtype=torch.float32).train()
     if lora:  # LoRA on all seven projections, B non-zero so that the merge matters
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, lora_dropout=0.0))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.01)
+        model = _common.lora(model, r=8, b_std=0.01)
     pruner = lp.attach(model, config)
     optimizer = torch.optim.AdamW(pruner.param_groups(lr=1e-5 if not lora else 5e-4))
     pruner.hook_optimizer(optimizer)
