@@ -138,9 +138,10 @@ class PhaseSchedule:
         import copy  # local: keeps this module import-light
 
         from lightning_prune.peft_tuners import tuner_layers
-        from lightning_prune.phases import auto_schedule, phase_steps
+        from lightning_prune.phases import AUTO_SCHEDULES, auto_schedule, phase_steps
 
         recipe = auto_schedule(self.config.method_name, adapters=model is not None and bool(tuner_layers(model)))
+        for_adapters = recipe is not AUTO_SCHEDULES[self.config.method_name]
         dense, warmup, freeze = phase_steps(int(total_steps), recipe)
         self.dense_steps, self.freeze_after_steps = dense, freeze
         self.reset_optimizer_at_freeze = recipe.reset_optimizer_at_freeze
@@ -152,7 +153,7 @@ class PhaseSchedule:
             f"lightning-prune: schedule 'auto' ({self.config.method_name}) for {total_steps} steps: dense {dense}, "
             f"target warm-up {self.config.warmup_steps}, masks frozen from step {freeze}"
             f"{' with a fresh optimizer state' if self.reset_optimizer_at_freeze else ''}"
-            f"{' (peft adapters: their schedule)' if recipe is not auto_schedule(self.config.method_name) else ''}. "
+            f"{' (peft adapters: their schedule)' if for_adapters else ''}. "
             "Pass `dense_steps`/`freeze_after_steps` or `schedule='manual'` to choose yourself."
         )
         return True

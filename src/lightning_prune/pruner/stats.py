@@ -51,7 +51,7 @@ def emptied_structures_warning(masks: dict[str, torch.Tensor]) -> str | None:
     attention head (heads cost 64x an FFN channel, and the Lagrangian's push grows with a unit's cost), and the
     exported classifier answered one class for every input (issue #18, session 7).
     """
-    gone = [name for name, m in _binary(masks).items() if m.numel() and not bool(m.any())]
+    gone = [name for name, m in masks.items() if m.numel() and not bool(m.any())]  # a scaled unit is non-zero
     if not gone:
         return None
     consequences = "; ".join(f"{name}: {_EMPTIED_CONSEQUENCE[name]}" for name in gone if name in _EMPTIED_CONSEQUENCE)
