@@ -340,6 +340,17 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
     "gradual+w40": (_gradual(uniform=False), train_gated),
     "gradual+w10": (_gradual(uniform=False, warmup_frac=0.1), train_gated),
     "gradual+w10+kd": (_gradual(uniform=False, warmup_frac=0.1, distill_weight=0.5), train_gated),
+    # session 8: +ps: the teacher is the model at the start of the prune phase (the LoRA of the dense phase;
+    # distill_teacher="prune_start") instead of the pretrained one; +d30: dense for 30% of the steps
+    "gradual+kd+ps": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5, distill_teacher="prune_start"),
+        train_gated,
+    ),
+    "gradual+kd+ps+d30": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5, distill_teacher="prune_start"),
+        functools.partial(train_gated, dense_frac=0.3),
+    ),
+    "gradual+d30": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, dense_frac=0.3)),
     "gradual+os": (
         _gradual(uniform=False, warmup_frac=0.0),
         functools.partial(train_gated, dense_frac=0.3, freeze_frac=0.32),
@@ -606,6 +617,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--methods", nargs="*", choices=sorted(METHODS), help="our rows (default: the mode's)")
     parser.add_argument("--baselines", nargs="*", choices=("llm-pruner", "flap", "wanda-sp"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="LoRA initialisation and training batch order")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -630,6 +642,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         cfg.methods = tuple(args.methods)
     if args.baselines is not None:
         cfg.baselines = tuple(args.baselines)
+    cfg.seed = args.seed
     path = smollm2_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     t0 = time.perf_counter()
@@ -642,7 +655,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         f"SmolLM2-135M-Instruct, LoRA r={cfg.lora_r}: {cfg.steps} steps of {cfg.batch_size}x{cfg.seq_len} per row "
         f"({data.info['train_tokens']:,} tokens from {data.info['domain_train_docs']} stdlib modules); test: "
         f"{len(data.domain)} windows from {data.info['domain_test_docs']} held-out modules, {len(data.general)} "
-        f"from {len(data.info['general_docs'])} license texts; {args.threads} threads"
+        f"from {len(data.info['general_docs'])} license texts; seed {cfg.seed}; {args.threads} threads"
     )
     rows = run(model_fn, data, cfg)
     wall = time.perf_counter() - t0

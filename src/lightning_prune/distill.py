@@ -183,6 +183,8 @@ class SelfDistiller:
         self._pending: list[dict[str, torch.Tensor]] = []
         self._warned = False
         self._tuner_layers: list[nn.Module] | None = None
+        #: ``distill_teacher="prune_start"``: (parameter, its value at the first prune-phase forward) pairs.
+        self._snapshot: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         self._backbone_calls = 0
         self._head_calls = 0
         #: Teacher forwards run so far (a cheap way to see that distillation is active, or not).
@@ -231,6 +233,8 @@ class SelfDistiller:
                 "`past_key_values` cache a second time. Train without a cache (the default), or set "
                 "`distill_weight=0`."
             )
+        if self.config.distill_teacher == "prune_start" and self._snapshot is None:
+            self._snapshot = self._take_snapshot()
         teacher = self._teacher_forward(module, args, kwargs)
         mask = kwargs.get("attention_mask")
         weight = mask if torch.is_tensor(mask) and mask.shape == student_logits.shape[:-1] else None
@@ -278,7 +282,8 @@ class SelfDistiller:
             # these very hooks): the teacher is the model as it was before attach; no stale mask can leak in
             pruner.phase, pruner._masks = "dense", None
             module.eval()
-            with hooks_suspended(pruner._handles), self.adapters_disabled():
+            weights = self.snapshot_weights() if self._snapshot is not None else self.adapters_disabled()
+            with hooks_suspended(pruner._handles), weights:
                 out = module(*args, **teacher_kwargs)
             self.teacher_forwards += 1
             return {"logits": _field(out, "logits"), "hidden_states": _field(out, "hidden_states")}
@@ -290,6 +295,41 @@ class SelfDistiller:
             pruner._cache.clear()
             pruner._cache.update(saved_cache)
             self._running = False
+
+    def _take_snapshot(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """A copy of every trainable model parameter (not the pruner's own), the ``"prune_start"`` teacher."""
+        own = {id(p) for p in self.pruner.state.parameters()}
+        snapshot = [
+            (p, p.detach().clone()) for p in self.pruner.model.parameters() if p.requires_grad and id(p) not in own
+        ]
+        numel = sum(t.numel() for _, t in snapshot)
+        step = self.pruner.pruning_step
+        log.info(
+            "lightning-prune: distillation teacher = the trainable weights at prune step %d (%s parameters copied).",
+            step,
+            f"{numel:,}",
+        )
+        if step > 0:
+            log.warning(
+                "lightning-prune: the `prune_start` distillation teacher was taken at prune step %d, not at the start "
+                "of the prune phase (a resumed run does not keep the first one): the teacher is the model of that "
+                "step.",
+                step,
+            )
+        return snapshot
+
+    @contextmanager
+    def snapshot_weights(self) -> Iterator[None]:
+        """The trainable parameters hold their prune-start values (swapped in by reference, no copy)."""
+        assert self._snapshot is not None
+        live = [p.data for p, _ in self._snapshot]
+        try:
+            for p, value in self._snapshot:
+                p.data = value
+            yield
+        finally:
+            for (p, _), value in zip(self._snapshot, live):
+                p.data = value
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:

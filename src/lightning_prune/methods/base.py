@@ -21,6 +21,9 @@ from lightning_prune.methods.field_checks import _checked_value, _default_of, _t
 from lightning_prune.methods.registry import available_methods, method_config_class, register_method
 from lightning_prune.structures import StructureSpec
 
+#: Teachers of self-distillation (``PruningConfig.distill_teacher``), see :mod:`lightning_prune.distill`.
+DISTILL_TEACHERS = ("ungated", "prune_start")
+
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.pruner import Pruner
 
@@ -73,6 +76,11 @@ class PruningConfig:
         distill_temperature: softmax temperature ``T`` of the logit KL (CoFi: 2).
         distill_hidden_weight: weight, relative to the logit KL, of matching every block's output to the
             teacher's over the kept hidden dims (CoFi's layer loss; 0 = logits only).
+        distill_teacher: which weights teach. ``"ungated"`` (default): the model with gates and peft adapters off,
+            i.e. the pretrained model under LoRA, the current weights otherwise (no copy). ``"prune_start"``: the
+            trainable weights as they were when the prune phase began (the end of the dense phase), with gates off
+            and adapters on: CoFi's fine-tuned teacher, for the price of one copy of the *trainable* parameters
+            (only the adapters under LoRA). Needs a dense phase to have learned something worth teaching.
         multiple_of: per structure, keep a multiple of this many units in every row of the deterministic masks
             (the export), e.g. ``{"ffn": 32}``: matrix kernels run faster on widths that are multiples of 8–64,
             which matters most for per-layer exports whose widths are otherwise arbitrary. Each row moves to the
@@ -104,6 +112,7 @@ class PruningConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     distill_hidden_weight: float = 0.0
+    distill_teacher: str = "ungated"
     multiple_of: dict[str, int] = field(default_factory=dict)
     init_from_importance: bool = False
     importance_spread: float | None = None
@@ -200,6 +209,11 @@ class PruningConfig:
                     f"`{name}` must be a non-negative number (0 turns it off), got {value!r}. HINT: the teacher is "
                     "the model itself with gates and adapters off; 0.1 to 1 are typical weights."
                 )
+        if self.distill_teacher not in DISTILL_TEACHERS:
+            raise PruningConfigError(
+                f"`distill_teacher` must be one of {DISTILL_TEACHERS}, got {self.distill_teacher!r}: 'ungated' is the "
+                "model with gates and adapters off, 'prune_start' the trainable weights as the prune phase began."
+            )
         temp = self.distill_temperature
         if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
             raise PruningConfigError(f"`distill_temperature` must be a positive number (e.g. 2.0), got {temp!r}.")
