@@ -49,6 +49,10 @@ class LlamaAdapter(ModelAdapter):
         "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
         "mlp": ("gate_proj", "up_proj", "down_proj"),
     }
+    #: Fused projections of a layer: ``{path: (the LLAMA_LAYER projections whose rows it stacks, in order)}``. Cost
+    #: terms, surgery and checks see a fused family through them as the Llama layout (:mod:`.layout`). None in the
+    #: Llama family (Phi-3 has ``qkv_proj`` and ``gate_up_proj``).
+    fused_parts: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -118,12 +122,6 @@ class LlamaAdapter(ModelAdapter):
     def projection_rows(self) -> dict[str, tuple[int, str]]:
         """The output rows the config implies for projections of a layer (checked at attach), with how they follow."""
         return {"self_attn.q_proj": (self.num_heads * self.head_dim, "num_attention_heads*head_dim")}
-
-    def fused_parts(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        """Fused projections of a layer: ``{path: ((projection it stacks, rows), ...)}``, the Llama projections whose
-        rows it holds, in order. Cost terms, surgery and checks see a fused family through them as the Llama layout.
-        None in the Llama family (Phi-3 has ``qkv_proj`` and ``gate_up_proj``)."""
-        return {}
 
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:
