@@ -64,7 +64,6 @@ class Phi3Adapter(LlamaAdapter):
     model_types = tuple(PHI3_FAMILIES)
     families = PHI3_FAMILIES
     kinds = PHI3_KINDS
-    projections = {"self_attn": ("qkv_proj", "o_proj"), "mlp": ("gate_up_proj", "down_proj")}
     fused_parts = {
         "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
