@@ -1,14 +1,12 @@
 """One description of a Llama-family decoder layer: which structure indexes the rows and columns of every projection.
 
 :data:`LLAMA_LAYER` says, for each projection, which structure's units its output rows and its input columns
-belong to (:class:`Axis`) and which block gate scales it. The cost terms (:mod:`.cost_terms`), the slicing of the
-export (:mod:`.surgery`), the block hooks (:mod:`.hooks`) and ATP's LoRA couplings
-(:func:`lightning_prune.methods.atp.layout.llama_layout`) read it rather than each spelling out the same mapping, so
-that they cannot drift apart. Phi-3 reuses it: its fused projections are named by the Llama projections whose rows
-they stack (``fused_parts`` of the adapter, :func:`fused_rows`).
-
-Sizes come from the adapter (``head_dim``, ``num_heads``, ``num_kv_heads``, ``n_rep``, ``intermediate_size``,
-``hidden_size``): the table itself holds no numbers, so one table serves every model of the family.
+belong to (:class:`Axis`) and which block gate scales it. The cost terms (:mod:`.cost_terms`), the export's slicing
+(:mod:`.surgery`), the block hooks (:mod:`.hooks`) and ATP's LoRA couplings
+(:func:`lightning_prune.methods.atp.layout.llama_layout`) are read off it, so they cannot drift apart. Phi-3 reuses
+it: its fused projections name the Llama projections whose rows they stack (the adapter's ``fused_parts``).
+The table holds no sizes; they come from the adapter (``head_dim``, ``num_heads``, ``num_kv_heads``, ``n_rep``,
+``intermediate_size``, ``hidden_size``), so one table serves every model of the family.
 """
 
 from __future__ import annotations
@@ -30,11 +28,10 @@ class Axis:
     """The output rows or the input columns of a projection, as the structures see them.
 
     Attributes:
-        structure: the structure whose units index the axis: ``"heads"``, ``"ffn"`` or ``"hidden"``.
-        query: for ``"heads"``: the axis holds every query head, ``n_rep`` per unit (a KV group); otherwise one
-            head per unit (the key or value head of the group).
-        dims: for ``"heads"``: the structure over the dims inside every head, ``"qk_dims"`` (RoPE pairs: q and k
-            must agree on them for ``q·k``) or ``"v_dims"`` (value dims, read by ``o_proj``).
+        structure: the structure whose units index the axis: ``"heads"`` (KV groups), ``"ffn"`` or ``"hidden"``.
+        query: for ``"heads"``: the axis holds every query head, ``n_rep`` per unit; else one head per unit (k, v).
+        dims: for ``"heads"``: the structure over the dims inside every head, ``"qk_dims"`` (RoPE pairs, on which
+            q and k must agree for ``q·k``) or ``"v_dims"`` (value dims, which ``o_proj`` reads).
     """
 
     structure: str
@@ -42,25 +39,18 @@ class Axis:
     dims: str | None = None
 
 
-HIDDEN = Axis("hidden")
-FFN = Axis("ffn")
-QUERY_QK = Axis("heads", query=True, dims="qk_dims")  # q rows: every query head's q/k dims
-KEY_QK = Axis("heads", dims="qk_dims")  # k rows: every KV head's q/k dims
-VALUE = Axis("heads", dims="v_dims")  # v rows: every KV head's value dims
+HIDDEN, FFN = Axis("hidden"), Axis("ffn")
+QUERY_QK = Axis("heads", query=True, dims="qk_dims")  # q rows
+KEY_QK = Axis("heads", dims="qk_dims")  # k rows
+VALUE = Axis("heads", dims="v_dims")  # v rows
 QUERY_VALUE = Axis("heads", query=True, dims="v_dims")  # o_proj columns: the values every query head read
 
 
 @dataclass(frozen=True)
 class Projection:
-    """One ``nn.Linear`` of a layer: its rows (``out``) and columns (``inp``) and the block gate scaling it.
-
-    Attributes:
-        path: module path inside the layer (``"self_attn.q_proj"``); its first part is the block.
-        out: what indexes the weight's rows (and the bias).
-        inp: what indexes the weight's columns.
-        gate: the whole-block structure (``"attn_block"`` / ``"mlp_block"``) that removes the projection with its
-            block.
-    """
+    """One ``nn.Linear`` of a layer: ``path`` in the layer (its first part is the block), what indexes its rows
+    (``out``, also the bias) and its columns (``inp``), and the ``gate`` (``attn_block`` / ``mlp_block``) that
+    removes it with its block."""
 
     path: str
     out: Axis
@@ -69,18 +59,12 @@ class Projection:
 
     @property
     def block(self) -> str:
-        """The block module holding the projection (``"self_attn"`` or ``"mlp"``)."""
         return self.path.split(".")[0]
-
-    @property
-    def name(self) -> str:
-        """The projection's attribute name in its block (``"q_proj"``)."""
-        return self.path.split(".")[-1]
 
 
 #: Every projection of a Llama-family layer, in module order. A ``heads`` unit is a KV group: whole groups keep
-#: ``n_rep`` unchanged, so every export is a valid GQA config. The projections writing the residual stream
-#: (``out`` is :data:`HIDDEN`) are where the hooks apply the units' masks, so the export folds them there.
+#: ``n_rep`` unchanged, so every export is a valid GQA config. The projections writing the residual stream (``out``
+#: is :data:`HIDDEN`) are where the hooks apply the blocks' unit masks, so the export folds them there.
 LLAMA_LAYER: tuple[Projection, ...] = (
     Projection("self_attn.q_proj", out=QUERY_QK, inp=HIDDEN, gate="attn_block"),
     Projection("self_attn.k_proj", out=KEY_QK, inp=HIDDEN, gate="attn_block"),
@@ -90,23 +74,13 @@ LLAMA_LAYER: tuple[Projection, ...] = (
     Projection("mlp.up_proj", out=FFN, inp=HIDDEN, gate="mlp_block"),
     Projection("mlp.down_proj", out=HIDDEN, inp=FFN, gate="mlp_block"),
 )
-
-#: The attention's FLOPs without parameters, per token: the scores read every query head's q/k dims and the
-#: weighted sum writes every query head's value dims (each ``2 · T`` per dim).
+#: The attention's FLOPs without parameters: the scores read every query head's q/k dims, the weighted sum writes
+#: every query head's value dims (``2 · T`` per dim and token each).
 ATTENTION_FLOPS: tuple[tuple[str, Axis], ...] = (("scores", QUERY_QK), ("values", QUERY_VALUE))
-
 #: A layer's RMSNorms over the residual stream, and Qwen3's RMSNorms over ``head_dim`` on q and k.
-LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
-QK_NORMS = ("q_norm", "k_norm")
-
-#: Dims of a head per unit of a head-dim structure: a RoPE pair (``rotate_half`` mixes dim ``i`` with
-#: ``i + head_dim/2``) or a single value dim.
+LAYER_NORMS, QK_NORMS = ("input_layernorm", "post_attention_layernorm"), ("q_norm", "k_norm")
+#: Dims of a head per unit: a RoPE pair (``rotate_half`` mixes dim ``i`` with ``i + head_dim/2``), a value dim.
 DIMS_PER_UNIT = {"qk_dims": 2, "v_dims": 1}
-
-
-def projection(path: str) -> Projection:
-    """The projection of :data:`LLAMA_LAYER` at ``path`` in a layer."""
-    return next(p for p in LLAMA_LAYER if p.path == path)
 
 
 def block_output(block: str) -> Projection:
@@ -115,7 +89,7 @@ def block_output(block: str) -> Projection:
 
 
 def layer_projections(fused_parts: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """The module paths of a layer's projections in order: a fused projection in place of the parts it stacks."""
+    """The module paths of a layer's projections in order, a fused projection in place of the parts it stacks."""
     home = {part: fused for fused, parts in fused_parts.items() for part in parts}
     return tuple(dict.fromkeys(home.get(p.path, p.path) for p in LLAMA_LAYER))
 
@@ -126,98 +100,86 @@ def head_count(adapter: LlamaAdapter, axis: Axis) -> int:
 
 
 def unit_width(adapter: LlamaAdapter, axis: Axis) -> int:
-    """Rows (or columns) per unit of the axis's structure: ``n_rep · head_dim`` for query heads, ``head_dim`` for
-    key/value heads, 1 for an FFN channel or a hidden dim."""
-    if axis.structure != "heads":
-        return 1
-    return (adapter.n_rep if axis.query else 1) * adapter.head_dim
+    """Rows (or columns) per unit: ``n_rep · head_dim`` for query heads, ``head_dim`` for a KV head, else 1."""
+    return (adapter.n_rep if axis.query else 1) * adapter.head_dim if axis.structure == "heads" else 1
 
 
 def axis_size(adapter: LlamaAdapter, axis: Axis) -> int:
     """The full length of the axis."""
-    if axis.structure == "hidden":
-        return adapter.hidden_size
-    if axis.structure == "ffn":
-        return adapter.intermediate_size
-    return head_count(adapter, axis) * adapter.head_dim
+    if axis.structure == "heads":
+        return head_count(adapter, axis) * adapter.head_dim
+    return adapter.hidden_size if axis.structure == "hidden" else adapter.intermediate_size
 
 
 def fused_rows(adapter: LlamaAdapter) -> dict[str, tuple[tuple[str, int], ...]]:
-    """``{fused path: ((part path, rows), ...)}``: the rows every part of a fused projection holds, in order."""
-    return {
-        fused: tuple((part, axis_size(adapter, projection(part).out)) for part in parts)
-        for fused, parts in adapter.fused_parts.items()
-    }
+    """``{fused path: ((part path, rows), ...)}``: the rows each part of a fused projection holds, in order."""
+    rows = {p.path: axis_size(adapter, p.out) for p in LLAMA_LAYER}
+    return {fused: tuple((part, rows[part]) for part in parts) for fused, parts in adapter.fused_parts.items()}
 
 
-# -- the cost model's view ------------------------------------------------------------------------------------------
 def axis_dim(adapter: LlamaAdapter, axis: Axis, layer: int) -> Dim:
-    """The cost model's :class:`~lightning_prune.cost.Dim` of the axis in ``layer``: kept units × unit width, and a
-    heads axis scaled by the kept fraction of every head's dims."""
-    if axis.structure == "hidden":
-        return Dim(adapter.hidden_size, "hidden", 0, 1)
-    if axis.structure == "ffn":
-        return Dim(adapter.intermediate_size, "ffn", layer, 1)
+    """The cost model's :class:`~lightning_prune.cost.Dim` of the axis in ``layer``: kept units × unit width (one
+    ``hidden`` row for the whole model), a heads axis scaled by the kept fraction of every head's dims."""
+    if axis.structure != "heads":
+        return Dim(axis_size(adapter, axis), axis.structure, 0 if axis == HIDDEN else layer, 1)
     units = adapter.head_dim // DIMS_PER_UNIT[axis.dims]
-    return Dim(
-        axis_size(adapter, axis), "heads", layer, unit_width(adapter, axis), scaled_by=((axis.dims, layer, units),)
-    )
+    scaled_by = ((axis.dims, layer, units),)
+    return Dim(axis_size(adapter, axis), "heads", layer, unit_width(adapter, axis), scaled_by=scaled_by)
 
 
-# -- ATP's view: which unit owns every row ---------------------------------------------------------------------------
 def unit_ownership(adapter: LlamaAdapter, axis: Axis, structure: str) -> tuple[int, torch.Tensor | None] | None:
-    """How ``structure``'s units own the axis: ``(rows per unit, None)`` when a unit owns consecutive rows,
-    ``(rows per unit, unit of every row)`` for a head-dim structure (unit ``j`` recurs in every head), ``None``
-    when ``structure`` does not index the axis."""
+    """How ``structure``'s units own the axis (ATP's couplings): ``(rows per unit, None)`` when a unit owns
+    consecutive rows; ``(rows per unit, unit of every row)`` for a head-dim structure, whose unit ``j`` recurs in
+    every head; ``None`` when ``structure`` does not index the axis."""
     if axis.structure == structure:
         return unit_width(adapter, axis), None
-    if axis.dims == structure:
-        heads, hd = head_count(adapter, axis), adapter.head_dim
-        within = pair_units(hd) if structure == "qk_dims" else torch.arange(hd)  # the unit of each dim of a head
-        return heads * DIMS_PER_UNIT[structure], within.repeat(heads)
-    return None
+    if axis.dims != structure:
+        return None
+    heads, hd = head_count(adapter, axis), adapter.head_dim
+    within = pair_units(hd) if structure == "qk_dims" else torch.arange(hd)  # the unit of each dim of a head
+    return heads * DIMS_PER_UNIT[structure], within.repeat(heads)
 
 
-# -- the export's view: kept indices and folded masks ----------------------------------------------------------------
-@dataclass(frozen=True)
-class KeptUnits:
-    """What one layer keeps, as indices: every axis's kept rows or columns follow (:func:`kept_index`).
-
-    Attributes:
-        groups: kept KV groups (none when the attention block is gone).
-        heads: kept query heads (``n_rep`` per kept group).
-        dims: kept dims of a head per head-dim structure (``"qk_dims"`` in compact order: the kept pairs' first
-            members, then their partners; ``"v_dims"``).
-        ffn: kept FFN channels (none when the MLP block is gone).
-        hidden: kept hidden dims.
-    """
-
-    groups: torch.Tensor
-    heads: torch.Tensor
-    dims: dict[str, torch.Tensor]
-    ffn: torch.Tensor
-    hidden: torch.Tensor
-
-
-def kept_index(adapter: LlamaAdapter, axis: Axis, kept: KeptUnits) -> torch.Tensor:
-    """Indices of the axis's kept rows (or columns): each kept head's kept dims, the kept channels or hidden dims."""
-    if axis.structure == "hidden":
-        return kept.hidden
-    if axis.structure == "ffn":
-        return kept.ffn
-    heads = kept.heads if axis.query else kept.groups
-    return (heads[:, None] * adapter.head_dim + kept.dims[axis.dims]).flatten()
+def kept_index(adapter: LlamaAdapter, axis: Axis, kept: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Indices of the axis's kept rows (or columns). ``kept``: one layer's kept units per structure (``heads``: KV
+    groups; ``qk_dims``: a head's kept dims in compact order, :func:`~.head_dims.qk_dim_index`)."""
+    if axis.structure != "heads":
+        return kept[axis.structure]
+    heads, rep = kept["heads"], adapter.n_rep
+    if axis.query:  # the n_rep query heads of every kept group
+        heads = (heads[:, None] * rep + torch.arange(rep, device=heads.device)).flatten()
+    return (heads[:, None] * adapter.head_dim + kept[axis.dims]).flatten()
 
 
 def dims_mask(adapter: LlamaAdapter, axis: Axis, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The head-dim mask of a ``heads`` axis over its whole length (``masks``: one layer's row per structure; a
-    RoPE pair's value on both of its dims)."""
-    per_head = masks[axis.dims].repeat(DIMS_PER_UNIT[axis.dims])
-    return per_head.repeat(head_count(adapter, axis))
+    """The head-dim mask of a heads axis over its length (``masks``: one layer's rows; a pair's value on both dims)."""
+    return masks[axis.dims].repeat(DIMS_PER_UNIT[axis.dims]).repeat(head_count(adapter, axis))
 
 
-def axis_mask(adapter: LlamaAdapter, axis: Axis, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Every mask indexing the axis, over its whole length (``masks``: one layer's row per structure)."""
-    if axis.structure != "heads":
-        return masks[axis.structure]
-    return masks["heads"].repeat_interleave(unit_width(adapter, axis)) * dims_mask(adapter, axis, masks)
+def folded(
+    adapter: LlamaAdapter,
+    proj: Projection,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    masks: dict[str, torch.Tensor],
+    fold_qk: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``proj``'s weight and bias with the masks folded in once, where the hooks apply them (``masks``: one layer's
+    row of every structure, ones when not gated, and its block gates).
+
+    A projection writing the residual stream carries every unit mask of its input (heads × value dims, FFN channels)
+    on its columns and its block gate × the hidden mask on its rows. ``qk_dims`` acts before ``q·k``, on the rows of
+    q and k (``fold_qk``; not with Qwen3's q/k norms, where it is binary and only slices). Other masks only select.
+    """
+    if proj.out == HIDDEN:
+        out_scale = (masks["hidden"] * masks[proj.gate]).to(w)
+        inp = proj.inp
+        in_scale = masks[inp.structure]
+        if inp.structure == "heads":
+            in_scale = in_scale.repeat_interleave(unit_width(adapter, inp)) * dims_mask(adapter, inp, masks)
+        w = w * in_scale.to(w)[None, :] * out_scale[:, None]
+        return w, None if b is None else b * out_scale
+    if fold_qk and proj.out.dims == "qk_dims":
+        row_scale = dims_mask(adapter, proj.out, masks).to(w)
+        return w * row_scale[:, None], None if b is None else b * row_scale
+    return w, b

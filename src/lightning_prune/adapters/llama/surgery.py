@@ -14,53 +14,12 @@ from torch import nn
 from lightning_prune.adapters.base import CompactState
 from lightning_prune.adapters.head_dims import qk_dim_index
 from lightning_prune.adapters.llama.config import _standard_config
-from lightning_prune.adapters.llama.layout import (
-    HIDDEN,
-    LAYER_NORMS,
-    LLAMA_LAYER,
-    QK_NORMS,
-    KeptUnits,
-    Projection,
-    axis_mask,
-    block_output,
-    dims_mask,
-    kept_index,
-)
+from lightning_prune.adapters.llama.layout import LAYER_NORMS, LLAMA_LAYER, QK_NORMS, block_output, folded, kept_index
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.export.per_layer import build_per_layer_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.adapters.llama.adapter import LlamaAdapter
-
-
-def _folded(
-    adapter: LlamaAdapter,
-    proj: Projection,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    masks: dict[str, torch.Tensor],
-    gates: dict[str, torch.Tensor],
-    fold_qk: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``proj``'s weight and bias with the masks folded in where the hooks apply them, each exactly once.
-
-    A projection writing the residual stream (``o_proj``, ``down_proj``) carries every unit mask of its input
-    (heads × value dims, FFN channels) on its columns and its block gate × the hidden mask on its rows. ``qk_dims``
-    must act before ``q·k``, so it is folded into the rows of q and k (``fold_qk``; not with Qwen3's q/k norms,
-    where it is binary and only slices). Every other mask only selects rows and columns (:func:`kept_index`).
-
-    Args:
-        masks: the layer's row of every structure (all ones when not gated).
-        gates: the layer's ``attn_block`` and ``mlp_block`` values.
-    """
-    if proj.out == HIDDEN:
-        out_scale = (masks["hidden"] * gates[proj.gate]).to(w)
-        w = w * axis_mask(adapter, proj.inp, masks).to(w)[None, :] * out_scale[:, None]
-        return w, None if b is None else b * out_scale
-    if fold_qk and proj.out.dims == "qk_dims":
-        row_scale = dims_mask(adapter, proj.out, masks).to(w)
-        return w * row_scale[:, None], None if b is None else b * row_scale
-    return w, b
 
 
 @dataclass
@@ -92,14 +51,13 @@ def slice_llama_weights(
 ) -> SlicedWeights:
     """Fold ``masks`` into the merged weights ``state`` (Llama's layout: separate q/k/v and gate/up projections) and
     slice away the pruned units."""
-    p, d, hd, nrep = adapter.prefix, adapter.hidden_size, adapter.head_dim, adapter.n_rep
-    nkv, L = adapter.num_kv_heads, adapter.num_layers
+    p, hd, nrep, L = adapter.prefix, adapter.head_dim, adapter.n_rep, adapter.num_layers
     surgery = CompactState(state, masks)
-    mask_of = surgery.mask
-    hidden_m, h_keep = surgery.hidden(d)
-    head_m, ffn_m = mask_of("heads", L, nkv), mask_of("ffn", L, adapter.intermediate_size)
-    attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
-    qk_m, v_m = mask_of("qk_dims", L, hd // 2), mask_of("v_dims", L, hd)
+    hidden_m, h_keep = surgery.hidden(adapter.hidden_size)
+    units = {"heads": adapter.num_kv_heads, "ffn": adapter.intermediate_size, "qk_dims": hd // 2, "v_dims": hd}
+    per_layer = {name: surgery.mask(name, L, n) for name, n in units.items()}
+    per_layer.update({gate: surgery.mask(gate, 1, L)[0] for gate in ("attn_block", "mlp_block")})  # one row
+    qk_m = per_layer["qk_dims"]
     head_dims = "qk_dims" in masks or "v_dims" in masks
     if adapter.qk_norms and "qk_dims" in masks and not bool(((qk_m == 0) | (qk_m == 1)).all()):
         raise ValueError(
@@ -116,53 +74,46 @@ def slice_llama_weights(
     layer_shapes = []
     for l in range(L):
         base = f"{p}layers.{l}."
-        gates = {"attn_block": attn_z[l], "mlp_block": mlp_z[l]}
-        nothing = head_m.new_zeros(0, dtype=torch.long)
-        groups = (head_m[l] != 0).nonzero().flatten() if gates["attn_block"] != 0 else nothing
-        pairs = (qk_m[l] != 0).nonzero().flatten()
-        kept = KeptUnits(
-            groups=groups,
-            heads=(groups[:, None] * nrep + torch.arange(nrep, device=groups.device)).flatten(),  # kept query heads
-            dims={"qk_dims": qk_dim_index(pairs, hd), "v_dims": (v_m[l] != 0).nonzero().flatten()},
-            ffn=(ffn_m[l] != 0).nonzero().flatten() if gates["mlp_block"] != 0 else nothing,
-            hidden=h_keep,
-        )
-        unit_masks = {"heads": head_m[l], "ffn": ffn_m[l], "qk_dims": qk_m[l], "v_dims": v_m[l], "hidden": hidden_m}
+        row = {name: m[l] for name, m in per_layer.items()} | {"hidden": hidden_m}  # the layer's row of every mask
+        kept = {name: (row[name] != 0).nonzero().flatten() for name in units}  # heads: KV groups; qk_dims: pairs
+        for structure, gate in (("heads", "attn_block"), ("ffn", "mlp_block")):
+            if row[gate] == 0:  # the block is gone: it keeps no unit
+                kept[structure] = kept[structure][:0]
+        pairs, kept["qk_dims"], kept["hidden"] = kept["qk_dims"], qk_dim_index(kept["qk_dims"], hd), h_keep
         # q and k both carry the pair mask (q·k sees its square); with q/k norms it is binary (checked above)
         fold_qk = "qk_dims" in masks and not adapter.qk_norms
         for proj in LLAMA_LAYER:
             key = f"{base}{proj.path}"
-            w, b = _folded(adapter, proj, get(f"{key}.weight"), get(f"{key}.bias"), unit_masks, gates, fold_qk)
-            rows, cols = kept_index(adapter, proj.out, kept), kept_index(adapter, proj.inp, kept)
-            put(f"{key}.weight", w[rows][:, cols])
-            put(f"{key}.bias", None if b is None else b[rows])
+            w, b = folded(adapter, proj, get(f"{key}.weight"), get(f"{key}.bias"), row, fold_qk)
+            out, inp = kept_index(adapter, proj.out, kept), kept_index(adapter, proj.inp, kept)
+            put(f"{key}.weight", w[out][:, inp])
+            put(f"{key}.bias", None if b is None else b[out])
         if adapter.qk_norms:
             for norm in QK_NORMS:
-                put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[kept.dims["qk_dims"]])
+                put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[kept["qk_dims"]])
         for norm in LAYER_NORMS:
             put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[h_keep])
-        n_groups = int(groups.numel())
+        n_groups, n_channels = int(kept["heads"].numel()), int(kept["ffn"].numel())
         shape: dict[str, Any] = {
             "num_attention_heads": n_groups * nrep,
             "num_key_value_heads": n_groups,
-            "intermediate_size": int(kept.ffn.numel()),
+            "intermediate_size": n_channels,
         }
         if head_dims:  # the per-layer attention reads these (modeling_per_layer.py)
-            qk_dim, v_dim = int(kept.dims["qk_dims"].numel()), int(kept.dims["v_dims"].numel())
+            qk_dim, v_dim = int(kept["qk_dims"].numel()), int(kept["v_dims"].numel())
             shape.update(qk_dim=qk_dim, v_dim=v_dim, rope_pairs=pairs.tolist())
         layer_shapes.append(shape)
         # A block with nothing left becomes an empty module that keeps only its output bias.
-        for block, empty in (("self_attn", n_groups == 0), ("mlp", kept.ffn.numel() == 0)):
+        for block, empty in (("self_attn", n_groups == 0), ("mlp", n_channels == 0)):
             if empty:
-                prefix = f"{base}{block}."
                 # only the projections go; other parameters (Qwen3's q_norm/k_norm) stay, as the cost model counts
-                names = {proj.name for proj in LLAMA_LAYER if proj.block == block}
-                gone = [k for k in state if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in names]
+                paths = [f"{base}{proj.path}." for proj in LLAMA_LAYER if proj.block == block]
+                gone = [k for k in state if any(k.startswith(path) for path in paths)]
                 take.update(gone)
                 out_bias = new.get(f"{base}{block_output(block).path}.bias")
                 for k in [k for k in gone if k in new]:
                     del new[k]
-                put(f"{prefix}bias", out_bias)
+                put(f"{base}{block}.bias", out_bias)
     put(f"{p}norm.weight", get(f"{p}norm.weight")[h_keep])
     if adapter.head is not None:
         w, b = get(f"{adapter.head_name}.weight"), get(f"{adapter.head_name}.bias")

@@ -84,11 +84,10 @@ LLAMA_ATP_STRUCTURES = ("heads", "ffn", "qk_dims", "v_dims")
 
 @register_atp_layout("llama")
 def llama_layout(adapter: ModelAdapter, structure: str) -> list[Coupling]:
-    """Llama/Mistral/Qwen, read off :data:`~lightning_prune.adapters.llama.layout.LLAMA_LAYER`: every projection side
-    indexed by ``structure``. A ``heads`` unit (a KV group) owns ``n_rep·head_dim`` q rows, ``head_dim`` k and v
-    rows and ``n_rep·head_dim`` o_proj columns; an ``ffn`` unit owns a gate and an up row and a down column; a
-    ``qk_dims`` unit (a RoPE pair ``j``) owns q and k rows ``j`` and ``j + head_dim/2`` of every head; a ``v_dims``
-    unit (dim ``j``) owns v row ``j`` of every KV head and o_proj column ``j`` of every query head."""
+    """Llama/Mistral/Qwen: every projection side the layer table (:mod:`lightning_prune.adapters.llama.layout`)
+    indexes by ``structure``. E.g. a ``heads`` unit (a KV group) owns ``n_rep·head_dim`` q rows, ``head_dim`` k and
+    v rows and ``n_rep·head_dim`` o_proj columns; a ``qk_dims`` unit (a RoPE pair ``j``) owns q and k rows ``j`` and
+    ``j + head_dim/2`` of every head."""
     if structure not in LLAMA_ATP_STRUCTURES:
         raise PruningConfigError(
             f"ATP's Llama layout has no structure {structure!r}; use 'heads', 'ffn', 'qk_dims' and/or 'v_dims'."
