@@ -1,7 +1,8 @@
 """The Llama adapter class: reads the model's config and layout and checks that it can prune it.
 
 What it computes is in the modules beside it: the cost terms (:mod:`.cost_terms`), the mask hooks (:mod:`.hooks`)
-and the state-dict surgery of the export (:mod:`.surgery`); the family's configs in :mod:`.config`.
+and the state-dict surgery of the export (:mod:`.surgery`), all read off the layer table (:mod:`.layout`); the
+family's configs in :mod:`.config`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lightning_prune.adapters.llama.config import (
 )
 from lightning_prune.adapters.llama.cost_terms import llama_cost_terms
 from lightning_prune.adapters.llama.hooks import install_llama_hooks
+from lightning_prune.adapters.llama.layout import layer_projections
 from lightning_prune.adapters.llama.surgery import build_llama_compact
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm
@@ -44,11 +46,10 @@ class LlamaAdapter(ModelAdapter):
     families: dict[str, str] = LLAMA_FAMILIES
     #: head classes (class-name suffixes) -> the linear head reading the final hidden state (``None``: a backbone)
     kinds: dict[str, str | None] = SUPPORTED_KINDS
-    #: the projections of every attention / MLP block, each an ``nn.Linear`` (or a peft wrapper around one)
-    projections: dict[str, tuple[str, ...]] = {
-        "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-        "mlp": ("gate_proj", "up_proj", "down_proj"),
-    }
+    #: Fused projections of a layer: ``{path: (the LLAMA_LAYER projections whose rows it stacks, in order)}``. Cost
+    #: terms, surgery and checks see a fused family through them as the Llama layout (:mod:`.layout`). None in the
+    #: Llama family (Phi-3 has ``qkv_proj`` and ``gate_up_proj``).
+    fused_parts: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -87,14 +88,14 @@ class LlamaAdapter(ModelAdapter):
         self.qk_norms = getattr(self.layers[0].self_attn, "q_norm", None) is not None
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
-        for block, names in self.projections.items():
+        for path in layer_projections(self.fused_parts):  # each an nn.Linear (or a peft wrapper around one)
+            block, name = path.split(".")
             owner = getattr(self.layers[0], block)
-            for n in names:
-                if not isinstance(base_layer(getattr(owner, n, None) or nn.Identity()), nn.Linear):
-                    raise UnsupportedModelError(
-                        f"Expected `{n}` to be an nn.Linear in {type(owner).__name__} (is the model quantized?). "
-                        "Pruning a quantized base is not supported: prune in bf16/fp32, then quantize the export."
-                    )
+            if not isinstance(base_layer(getattr(owner, name, None) or nn.Identity()), nn.Linear):
+                raise UnsupportedModelError(
+                    f"Expected `{name}` to be an nn.Linear in {type(owner).__name__} (is the model quantized?). "
+                    "Pruning a quantized base is not supported: prune in bf16/fp32, then quantize the export."
+                )
         for path, (rows, expected) in self.projection_rows().items():
             found = base_layer(self.layers[0].get_submodule(path)).out_features
             if found != rows:
@@ -118,12 +119,6 @@ class LlamaAdapter(ModelAdapter):
     def projection_rows(self) -> dict[str, tuple[int, str]]:
         """The output rows the config implies for projections of a layer (checked at attach), with how they follow."""
         return {"self_attn.q_proj": (self.num_heads * self.head_dim, "num_attention_heads*head_dim")}
-
-    def fused_parts(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        """Fused projections of a layer: ``{path: ((projection it stacks, rows), ...)}``, the Llama projections whose
-        rows it holds, in order. Cost terms, surgery and checks see a fused family through them as the Llama layout.
-        None in the Llama family (Phi-3 has ``qkv_proj`` and ``gate_up_proj``)."""
-        return {}
 
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:

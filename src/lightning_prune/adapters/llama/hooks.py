@@ -2,7 +2,10 @@
 
 ``hidden`` is applied where the residual stream is read (every RMSNorm's input, with the norm rescaled to the kept
 dims); ``qk_dims`` / ``v_dims`` inside the attention (:mod:`lightning_prune.adapters.head_dims`); ``heads``, ``ffn``
-and the block gates at the output projections (:func:`~lightning_prune.adapters.hooks.install_block_hooks`).
+and the block gates at the output projections (:func:`~lightning_prune.adapters.hooks.install_block_hooks`), which
+:func:`~lightning_prune.adapters.llama.layout.block_output` finds in the layer table. The ``qk_dims`` / ``v_dims``
+hooks keep their own code: they act inside the attention (pre-RoPE q/k outputs, the q/k norms, ``o_proj``'s input),
+shared with any RoPE family.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from lightning_prune.adapters.base import MaskSource
 from lightning_prune.adapters.head_dims import install_head_dim_hooks
 from lightning_prune.adapters.hooks import install_block_hooks
+from lightning_prune.adapters.llama.layout import LAYER_NORMS, block_output, unit_width
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.adapters.llama.adapter import LlamaAdapter
@@ -26,9 +30,7 @@ def install_llama_hooks(
 ) -> list[tuple[str, nn.Module, RemovableHandle]]:
     """:meth:`~lightning_prune.adapters.ModelAdapter.install_hooks` of ``adapter``'s model."""
     hooks: list[tuple[str, nn.Module, RemovableHandle]] = []
-    p = adapter.prefix
-    nkv, width = adapter.num_kv_heads, adapter.n_rep * adapter.head_dim
-    d = adapter.hidden_size
+    p, d = adapter.prefix, adapter.hidden_size
 
     def add(path: str, module: nn.Module, handle: RemovableHandle) -> None:
         hooks.append((path, module, handle))
@@ -63,14 +65,13 @@ def install_llama_hooks(
 
         norms = [(f"{p}norm", adapter.backbone.norm)]
         for l, layer in enumerate(adapter.layers):
-            norms += [
-                (f"{p}layers.{l}.input_layernorm", layer.input_layernorm),
-                (f"{p}layers.{l}.post_attention_layernorm", layer.post_attention_layernorm),
-            ]
+            norms += [(f"{p}layers.{l}.{name}", getattr(layer, name)) for name in LAYER_NORMS]
         for path, norm in norms:
             add(path, norm, norm.register_forward_pre_hook(norm_pre_hook))
             add(path, norm, norm.register_forward_hook(norm_post_hook))
 
+    # heads, ffn and the block gates act at each block's write (the input of o_proj / down_proj carries the units)
+    attn_out, mlp_out = block_output("self_attn"), block_output("mlp")
     for l, layer in enumerate(adapter.layers):
         base = f"{p}layers.{l}."
         hooks += install_head_dim_hooks(source, structures, l, f"{base}self_attn", layer.self_attn, adapter.head_dim)
@@ -78,10 +79,10 @@ def install_llama_hooks(
             source,
             structures,
             l,
-            attn_out=(f"{base}self_attn.o_proj", layer.self_attn.o_proj),
-            mlp_out=(f"{base}mlp.down_proj", layer.mlp.down_proj),
-            head_units=nkv,
-            head_width=width,
+            attn_out=(f"{base}{attn_out.path}", layer.get_submodule(attn_out.path)),
+            mlp_out=(f"{base}{mlp_out.path}", layer.get_submodule(mlp_out.path)),
+            head_units=adapter.num_kv_heads,
+            head_width=unit_width(adapter, attn_out.inp),
             hidden_on_writes=False,  # masked at the norms' inputs instead (above)
         )
     return hooks

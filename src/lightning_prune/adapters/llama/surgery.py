@@ -14,18 +14,12 @@ from torch import nn
 from lightning_prune.adapters.base import CompactState
 from lightning_prune.adapters.head_dims import qk_dim_index
 from lightning_prune.adapters.llama.config import _standard_config
+from lightning_prune.adapters.llama.layout import LAYER_NORMS, LLAMA_LAYER, QK_NORMS, block_output, folded, kept_index
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.export.per_layer import build_per_layer_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.adapters.llama.adapter import LlamaAdapter
-
-_PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
-
-
-def _is_projection(key: str, block: str) -> bool:
-    """Whether ``key`` (relative to a block) belongs to one of the block's projections."""
-    return key.split(".")[0] in _PROJECTIONS[block]
 
 
 @dataclass
@@ -57,14 +51,13 @@ def slice_llama_weights(
 ) -> SlicedWeights:
     """Fold ``masks`` into the merged weights ``state`` (Llama's layout: separate q/k/v and gate/up projections) and
     slice away the pruned units."""
-    p, d, hd, nrep = adapter.prefix, adapter.hidden_size, adapter.head_dim, adapter.n_rep
-    nh, nkv, L = adapter.num_heads, adapter.num_kv_heads, adapter.num_layers
+    p, hd, nrep, L = adapter.prefix, adapter.head_dim, adapter.n_rep, adapter.num_layers
     surgery = CompactState(state, masks)
-    mask_of = surgery.mask
-    hidden_m, h_keep = surgery.hidden(d)
-    head_m, ffn_m = mask_of("heads", L, nkv), mask_of("ffn", L, adapter.intermediate_size)
-    attn_z, mlp_z = mask_of("attn_block", 1, L)[0], mask_of("mlp_block", 1, L)[0]
-    qk_m, v_m = mask_of("qk_dims", L, hd // 2), mask_of("v_dims", L, hd)
+    hidden_m, h_keep = surgery.hidden(adapter.hidden_size)
+    units = {"heads": adapter.num_kv_heads, "ffn": adapter.intermediate_size, "qk_dims": hd // 2, "v_dims": hd}
+    per_layer = {name: surgery.mask(name, L, n) for name, n in units.items()}
+    per_layer.update({gate: surgery.mask(gate, 1, L)[0] for gate in ("attn_block", "mlp_block")})  # one row
+    qk_m = per_layer["qk_dims"]
     head_dims = "qk_dims" in masks or "v_dims" in masks
     if adapter.qk_norms and "qk_dims" in masks and not bool(((qk_m == 0) | (qk_m == 1)).all()):
         raise ValueError(
@@ -81,68 +74,46 @@ def slice_llama_weights(
     layer_shapes = []
     for l in range(L):
         base = f"{p}layers.{l}."
-        a_scale, m_scale = attn_z[l], mlp_z[l]
-        groups = (head_m[l] != 0).nonzero().flatten() if a_scale != 0 else head_m.new_zeros(0, dtype=torch.long)
-        heads = (groups[:, None] * nrep + torch.arange(nrep, device=groups.device)).flatten()  # kept query heads
-        pairs = (qk_m[l] != 0).nonzero().flatten()
-        qk_idx, v_idx = qk_dim_index(pairs, hd), (v_m[l] != 0).nonzero().flatten()  # kept dims of a head
-        rows = {
-            "q_proj": (heads[:, None] * hd + qk_idx).flatten(),
-            "k_proj": (groups[:, None] * hd + qk_idx).flatten(),
-            "v_proj": (groups[:, None] * hd + v_idx).flatten(),
-        }
+        row = {name: m[l] for name, m in per_layer.items()} | {"hidden": hidden_m}  # the layer's row of every mask
+        kept = {name: (row[name] != 0).nonzero().flatten() for name in units}  # heads: KV groups; qk_dims: pairs
+        for structure, gate in (("heads", "attn_block"), ("ffn", "mlp_block")):
+            if row[gate] == 0:  # the block is gone: it keeps no unit
+                kept[structure] = kept[structure][:0]
+        pairs, kept["qk_dims"], kept["hidden"] = kept["qk_dims"], qk_dim_index(kept["qk_dims"], hd), h_keep
         # q and k both carry the pair mask (q·k sees its square); with q/k norms it is binary (checked above)
-        qk_scale = qk_m[l].repeat(2) if "qk_dims" in masks and not adapter.qk_norms else None
-        for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
-            w, b = get(f"{base}self_attn.{name}.weight"), get(f"{base}self_attn.{name}.bias")
-            if name != "v_proj" and qk_scale is not None:
-                row_scale = qk_scale.repeat(n).to(w)
-                w, b = w * row_scale[:, None], None if b is None else b * row_scale
-            put(f"{base}self_attn.{name}.weight", w[rows[name]][:, h_keep])
-            put(f"{base}self_attn.{name}.bias", None if b is None else b[rows[name]])
+        fold_qk = "qk_dims" in masks and not adapter.qk_norms
+        for proj in LLAMA_LAYER:
+            key = f"{base}{proj.path}"
+            w, b = folded(adapter, proj, get(f"{key}.weight"), get(f"{key}.bias"), row, fold_qk)
+            out, inp = kept_index(adapter, proj.out, kept), kept_index(adapter, proj.inp, kept)
+            put(f"{key}.weight", w[out][:, inp])
+            put(f"{key}.bias", None if b is None else b[out])
         if adapter.qk_norms:
-            for norm in ("q_norm", "k_norm"):
-                put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[qk_idx])
-        w, b = get(f"{base}self_attn.o_proj.weight"), get(f"{base}self_attn.o_proj.bias")
-        out_scale = (hidden_m * a_scale).to(w)
-        in_scale = head_m[l].repeat_interleave(nrep * hd) * v_m[l].repeat(nh)  # KV groups × value dims
-        w = w * in_scale.to(w)[None, :] * out_scale[:, None]
-        o_cols = (heads[:, None] * hd + v_idx).flatten()
-        put(f"{base}self_attn.o_proj.weight", w[h_keep][:, o_cols])
-        put(f"{base}self_attn.o_proj.bias", None if b is None else (b * out_scale)[h_keep])
-
-        channels = (ffn_m[l] != 0).nonzero().flatten() if m_scale != 0 else ffn_m.new_zeros(0, dtype=torch.long)
-        for name in ("gate_proj", "up_proj"):
-            w, b = get(f"{base}mlp.{name}.weight"), get(f"{base}mlp.{name}.bias")
-            put(f"{base}mlp.{name}.weight", w[channels][:, h_keep])
-            put(f"{base}mlp.{name}.bias", None if b is None else b[channels])
-        w, b = get(f"{base}mlp.down_proj.weight"), get(f"{base}mlp.down_proj.bias")
-        out_scale = (hidden_m * m_scale).to(w)
-        w = w * ffn_m[l].to(w)[None, :] * out_scale[:, None]
-        put(f"{base}mlp.down_proj.weight", w[h_keep][:, channels])
-        put(f"{base}mlp.down_proj.bias", None if b is None else (b * out_scale)[h_keep])
-        for norm in ("input_layernorm", "post_attention_layernorm"):
+            for norm in QK_NORMS:
+                put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[kept["qk_dims"]])
+        for norm in LAYER_NORMS:
             put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[h_keep])
-        n_groups = int(groups.numel())
+        n_groups, n_channels = int(kept["heads"].numel()), int(kept["ffn"].numel())
         shape: dict[str, Any] = {
             "num_attention_heads": n_groups * nrep,
             "num_key_value_heads": n_groups,
-            "intermediate_size": int(channels.numel()),
+            "intermediate_size": n_channels,
         }
         if head_dims:  # the per-layer attention reads these (modeling_per_layer.py)
-            shape.update(qk_dim=int(qk_idx.numel()), v_dim=int(v_idx.numel()), rope_pairs=pairs.tolist())
+            qk_dim, v_dim = int(kept["qk_dims"].numel()), int(kept["v_dims"].numel())
+            shape.update(qk_dim=qk_dim, v_dim=v_dim, rope_pairs=pairs.tolist())
         layer_shapes.append(shape)
         # A block with nothing left becomes an empty module that keeps only its output bias.
-        for block, empty in (("self_attn", n_groups == 0), ("mlp", channels.numel() == 0)):
+        for block, empty in (("self_attn", n_groups == 0), ("mlp", n_channels == 0)):
             if empty:
-                prefix = f"{base}{block}."
                 # only the projections go; other parameters (Qwen3's q_norm/k_norm) stay, as the cost model counts
-                gone = [k for k in state if k.startswith(prefix) and _is_projection(k[len(prefix) :], block)]
+                paths = [f"{base}{proj.path}." for proj in LLAMA_LAYER if proj.block == block]
+                gone = [k for k in state if any(k.startswith(path) for path in paths)]
                 take.update(gone)
-                out_bias = new.get(f"{prefix}{'o_proj' if block == 'self_attn' else 'down_proj'}.bias")
+                out_bias = new.get(f"{base}{block_output(block).path}.bias")
                 for k in [k for k in gone if k in new]:
                     del new[k]
-                put(f"{prefix}bias", out_bias)
+                put(f"{base}{block}.bias", out_bias)
     put(f"{p}norm.weight", get(f"{p}norm.weight")[h_keep])
     if adapter.head is not None:
         w, b = get(f"{adapter.head_name}.weight"), get(f"{adapter.head_name}.bias")

@@ -4,7 +4,7 @@ Phi-3 is a Llama layout (RMSNorms, rotary attention with GQA, a gated SiLU MLP) 
 projections are one ``qkv_proj`` and whose gate and up projections are one ``gate_up_proj``. The masks act where
 they act in Llama (``o_proj`` and ``down_proj`` inputs and outputs, the RMSNorms' inputs), so the hooks are
 Llama's; the cost terms and the surgery see the fused projections as the Llama projections they stack
-(:meth:`Phi3Adapter.fused_parts`).
+(:attr:`Phi3Adapter.fused_parts`).
 """
 
 from __future__ import annotations
@@ -64,20 +64,16 @@ class Phi3Adapter(LlamaAdapter):
     model_types = tuple(PHI3_FAMILIES)
     families = PHI3_FAMILIES
     kinds = PHI3_KINDS
-    projections = {"self_attn": ("qkv_proj", "o_proj"), "mlp": ("gate_up_proj", "down_proj")}
+    fused_parts = {
+        "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    }
 
     def projection_rows(self) -> dict[str, tuple[int, str]]:
         hd, q, kv = self.head_dim, self.num_heads, self.num_kv_heads
         return {
             "self_attn.qkv_proj": ((q + 2 * kv) * hd, "(num_attention_heads + 2*num_key_value_heads)*head_dim"),
             "mlp.gate_up_proj": (2 * self.intermediate_size, "2*intermediate_size"),
-        }
-
-    def fused_parts(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        q, kv, ffn = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        return {
-            "self_attn.qkv_proj": (("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)),
-            "mlp.gate_up_proj": (("mlp.gate_proj", ffn), ("mlp.up_proj", ffn)),
         }
 
     def structures(self) -> dict[str, StructureSpec]:

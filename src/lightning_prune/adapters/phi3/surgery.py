@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lightning_prune.adapters.llama.layout import fused_rows
 from lightning_prune.adapters.llama.surgery import assemble_llama_compact, slice_llama_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,7 +30,8 @@ class UnfusedWeights(Mapping[str, torch.Tensor]):
 
     Args:
         state: the merged weights (a state-dict mapping).
-        parts: ``{fused path in a layer: ((part path, rows), ...)}`` (:meth:`Phi3Adapter.fused_parts`).
+        parts: ``{fused path in a layer: ((part path, rows), ...)}``
+            (:func:`~lightning_prune.adapters.llama.layout.fused_rows`).
     """
 
     def __init__(self, state: Mapping[str, torch.Tensor], parts: dict[str, tuple[tuple[str, int], ...]]) -> None:
@@ -82,7 +84,7 @@ def build_phi3_compact(
     adapter: Phi3Adapter, state: Mapping[str, torch.Tensor], masks: dict[str, torch.Tensor]
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:meth:`~lightning_prune.adapters.ModelAdapter.build_compact` of ``adapter``'s model."""
-    unfused = UnfusedWeights(state, adapter.fused_parts())
+    unfused = UnfusedWeights(state, fused_rows(adapter))
     sliced = slice_llama_weights(adapter, unfused, masks)
     unfused.fuse_(sliced.new)
     return assemble_llama_compact(adapter, state, sliced)

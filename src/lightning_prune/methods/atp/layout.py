@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lightning_prune.adapters.base import ModelAdapter
-from lightning_prune.adapters.head_dims import pair_units
+from lightning_prune.adapters.llama.layout import LLAMA_LAYER, unit_ownership
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.registry import Registry
 
@@ -78,38 +78,26 @@ def couplings(adapter: ModelAdapter, structure: str) -> list[Coupling]:
     return LAYOUTS.get(adapter.name)(adapter, structure)
 
 
+#: The per-layer structures ATP couples to the Llama layout (``hidden`` has one row for the whole model).
+LLAMA_ATP_STRUCTURES = ("heads", "ffn", "qk_dims", "v_dims")
+
+
 @register_atp_layout("llama")
 def llama_layout(adapter: ModelAdapter, structure: str) -> list[Coupling]:
-    """Llama/Mistral/Qwen: a ``heads`` unit (a KV group) owns ``n_rep·head_dim`` q rows, ``head_dim`` k and v
-    rows and ``n_rep·head_dim`` o_proj columns; an ``ffn`` unit owns a gate and an up row and a down column; a
-    ``qk_dims`` unit (a RoPE pair ``j``) owns q and k rows ``j`` and ``j + head_dim/2`` of every head; a ``v_dims``
-    unit (dim ``j``) owns v row ``j`` of every KV head and o_proj column ``j`` of every query head."""
-    p, hd, rep = adapter.prefix, adapter.head_dim, adapter.n_rep
-    nh, nkv = adapter.num_heads, adapter.num_kv_heads
-    pairs, dims = pair_units(hd), torch.arange(hd)
+    """Llama/Mistral/Qwen: every projection side the layer table (:mod:`lightning_prune.adapters.llama.layout`)
+    indexes by ``structure``. E.g. a ``heads`` unit (a KV group) owns ``n_rep·head_dim`` q rows, ``head_dim`` k and
+    v rows and ``n_rep·head_dim`` o_proj columns; a ``qk_dims`` unit (a RoPE pair ``j``) owns q and k rows ``j`` and
+    ``j + head_dim/2`` of every head."""
+    if structure not in LLAMA_ATP_STRUCTURES:
+        raise PruningConfigError(
+            f"ATP's Llama layout has no structure {structure!r}; use 'heads', 'ffn', 'qk_dims' and/or 'v_dims'."
+        )
     out: list[Coupling] = []
     for l, layer in enumerate(adapter.layers):
-        base = f"{p}layers.{l}."
-        attn = layer.self_attn
-        if structure == "heads":
-            for name, side, size in (("q_proj", "out", rep * hd), ("k_proj", "out", hd), ("v_proj", "out", hd)):
-                out.append(Coupling(f"{base}self_attn.{name}", getattr(attn, name), side, l, size))
-            out.append(Coupling(f"{base}self_attn.o_proj", attn.o_proj, "in", l, rep * hd))
-        elif structure == "ffn":
-            mlp = layer.mlp
-            for name in ("gate_proj", "up_proj"):
-                out.append(Coupling(f"{base}mlp.{name}", getattr(mlp, name), "out", l, 1))
-            out.append(Coupling(f"{base}mlp.down_proj", mlp.down_proj, "in", l, 1))
-        elif structure == "qk_dims":
-            for name, heads in (("q_proj", nh), ("k_proj", nkv)):
-                out.append(
-                    Coupling(f"{base}self_attn.{name}", getattr(attn, name), "out", l, 2 * heads, pairs.repeat(heads))
-                )
-        elif structure == "v_dims":
-            out.append(Coupling(f"{base}self_attn.v_proj", attn.v_proj, "out", l, nkv, dims.repeat(nkv)))
-            out.append(Coupling(f"{base}self_attn.o_proj", attn.o_proj, "in", l, nh, dims.repeat(nh)))
-        else:
-            raise PruningConfigError(
-                f"ATP's Llama layout has no structure {structure!r}; use 'heads', 'ffn', 'qk_dims' and/or 'v_dims'."
-            )
+        for proj in LLAMA_LAYER:
+            for side, axis in (("out", proj.out), ("in", proj.inp)):
+                owned = unit_ownership(adapter, axis, structure)
+                if owned is not None:
+                    path = f"{adapter.prefix}layers.{l}.{proj.path}"
+                    out.append(Coupling(path, layer.get_submodule(proj.path), side, l, *owned))
     return out
