@@ -34,7 +34,12 @@ def _unique_params(model):
 
 
 #: GQA models (8 query heads share 4 KV heads) with separate (Llama) and fused (Phi-3) projections, and their LoRA
-GQA = {"llama": (lambda: tiny_causal_lm("llama"), None), "phi3": (tiny_phi3, PHI3_LORA_TARGETS)}
+#: (+bias: q/k/v/o and gate/up/down with biases: a closed block gate removes its output bias with the block)
+GQA = {
+    "llama": (lambda: tiny_causal_lm("llama"), None),
+    "llama+bias": (lambda: tiny_causal_lm("llama", attention_bias=True, mlp_bias=True), None),
+    "phi3": (tiny_phi3, PHI3_LORA_TARGETS),
+}
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
@@ -122,3 +127,26 @@ def test_uniform_option_gives_equal_counts_per_layer():
     assert all(s == shapes[0] for s in shapes)
     assert pruner.last_report.uniform
     assert type(compact).__name__ == "MistralForCausalLM"
+
+
+def test_closed_blocks_with_biases_save_and_load(tmp_path):
+    """A block gate at 0 removes the whole block with its output bias (the cost model counts it so); the per-layer
+    export is built without that bias and loads back computing the same function."""
+    model = tiny_causal_lm("llama", attention_bias=True, mlp_bias=True)
+    config = lp.L0Config(target_sparsity=0.0, structures=("attn_block", "mlp_block"), match_target=False)
+    pruner = lp.attach(model, config)
+    with torch.no_grad():  # layer 0 loses its attention, layer 1 its MLP
+        pruner.gates["attn_block"].log_alpha.copy_(torch.tensor([[-10.0, 10.0]]))
+        pruner.gates["mlp_block"].log_alpha.copy_(torch.tensor([[10.0, -10.0]]))
+    compact = pruner.export()
+    layers = compact.model.layers
+    assert layers[0].self_attn.bias is None and layers[1].mlp.bias is None
+    assert (
+        _unique_params(compact)
+        == pruner.last_report.params_after
+        == int(pruner.cost.total(pruner.deterministic_masks())[0])
+    )
+    lp.save_compact(compact, tmp_path)
+    loaded = lp.load_compact(tmp_path)
+    assert _unique_params(loaded) == _unique_params(compact)
+    assert _max_rel_diff(pruner.hf_model, loaded) <= 1e-4

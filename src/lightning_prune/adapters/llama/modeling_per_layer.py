@@ -172,7 +172,8 @@ def _resize_layers(backbone, config):
         qk_dim, v_dim = shape.get("qk_dim", hd), shape.get("v_dim", hd)
         if heads == 0:
             qk = qk_dim if "qk_dim" in shape else None
-            layer.self_attn = _EmptyAttention(d, hd, idx, attn.o_proj.bias is not None, attn, qk)
+            bias = shape.get("self_attn_output_bias", attn.o_proj.bias is not None)  # False: its block gate closed
+            layer.self_attn = _EmptyAttention(d, hd, idx, bias, attn, qk)
         elif qk_dim != hd or v_dim != hd:
             layer.self_attn = _HeadDimsLlamaAttention(config, idx, heads, kv, shape["rope_pairs"], v_dim)
         else:
@@ -182,7 +183,7 @@ def _resize_layers(backbone, config):
             attn.o_proj = _linear_like(attn.o_proj, heads * hd, d)
             attn.num_key_value_groups = heads // kv
         if ffn == 0:
-            layer.mlp = _EmptyMLP(d, mlp.down_proj.bias is not None)
+            layer.mlp = _EmptyMLP(d, shape.get("mlp_output_bias", mlp.down_proj.bias is not None))
         else:
             mlp.gate_proj = _linear_like(mlp.gate_proj, d, ffn)
             mlp.up_proj = _linear_like(mlp.up_proj, d, ffn)

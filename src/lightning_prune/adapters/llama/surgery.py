@@ -103,8 +103,9 @@ def slice_llama_weights(
             qk_dim, v_dim = int(kept["qk_dims"].numel()), int(kept["v_dims"].numel())
             shape.update(qk_dim=qk_dim, v_dim=v_dim, rope_pairs=pairs.tolist())
         layer_shapes.append(shape)
-        # A block with nothing left becomes an empty module that keeps only its output bias.
-        for block, empty in (("self_attn", n_groups == 0), ("mlp", n_channels == 0)):
+        # A block with nothing left becomes an empty module that keeps only its output bias, unless its block gate
+        # closed: then the bias is gone too (it was scaled by the gate, as the cost model counts it)
+        for block, empty, gate in (("self_attn", n_groups == 0, "attn_block"), ("mlp", n_channels == 0, "mlp_block")):
             if empty:
                 # only the projections go; other parameters (Qwen3's q_norm/k_norm) stay, as the cost model counts
                 paths = [f"{base}{proj.path}." for proj in LLAMA_LAYER if proj.block == block]
@@ -113,6 +114,9 @@ def slice_llama_weights(
                 out_bias = new.get(f"{base}{block_output(block).path}.bias")
                 for k in [k for k in gone if k in new]:
                     del new[k]
+                if out_bias is not None and row[gate] == 0:
+                    out_bias = None
+                    shape[f"{block}_output_bias"] = False  # the per-layer empty block is built without one
                 put(f"{base}{block}.bias", out_bias)
     put(f"{p}norm.weight", get(f"{p}norm.weight")[h_keep])
     if adapter.head is not None:
