@@ -114,3 +114,23 @@ def test_a_snapshot_taken_after_the_prune_phase_began_is_flagged(caplog):
     with caplog.at_level(logging.INFO, logger="lightning_prune"):
         model(input_ids=IDS)
     assert "taken at prune step 7, not at the start of the prune phase" in caplog.text
+
+
+def test_a_head_trained_through_modules_to_save_teaches_as_trained_in_the_dense_phase(recwarn):
+    """With a new task head (peft ``modules_to_save``) the ungated teacher would use the untrained original head;
+    the ``prune_start`` teacher uses the copy the dense phase trained, so no warning is due."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_causal_lm("llama"), LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    ).train()
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.3, distill_weight=1.0, distill_teacher="prune_start"))
+    assert not [w for w in recwarn if "modules_to_save" in str(w.message)]
+    trained_head = next(m for m in model.modules() if hasattr(m, "original_module")).modules_to_save["default"]
+    pruner.set_phase("dense")
+    _nudge(trained_head.parameters(), 0.5, seed=4)  # the dense phase trains the new head
+    pruner.set_phase("prune")
+    at_prune_start = _ungated_logits(model, pruner)
+    outputs = _outputs(pruner.hf_model)
+    model(input_ids=IDS)
+    assert (outputs[0].logits - at_prune_start).abs().max() <= 1e-5

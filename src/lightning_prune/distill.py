@@ -168,12 +168,13 @@ class SelfDistiller:
                 "`distill_weight=0`."
             )
         retrained = [n for n, m in pruner.model.named_modules() if hasattr(m, "original_module")]
-        if retrained:
+        if retrained and self.config.distill_teacher == "ungated":
             warnings.warn(
                 f"Self-distillation runs the teacher with the peft adapters off, so `{retrained[0]}` (peft "
                 "`modules_to_save`) is its original, untrained copy in the teacher. If that head is new for this "
-                "task, the teacher's targets are noise: fine-tune first and prune with distillation afterwards, "
-                "or set `distill_weight=0`.",
+                "task, the teacher's targets are noise: set `distill_teacher='prune_start'` (the teacher is then the "
+                "model after the dense phase, head included), fine-tune first and prune with distillation "
+                "afterwards, or set `distill_weight=0`.",
                 UserWarning,
                 stacklevel=4,
             )
