@@ -51,3 +51,19 @@ def test_the_structures_named_are_those_with_no_unit_left(masks, expected):
     assert (message is None) == (not expected)
     if expected:
         assert f"every unit of {expected}" in message
+
+
+def test_the_freeze_warns_before_the_fine_tuning_runs(caplog):
+    """The masks that freeze are the export's: saying it then leaves the user the choice to stop."""
+    model = tiny_causal_lm("llama")
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.3, structures=("heads", "ffn"), keep_units={"heads": 0}))
+    pruner.pruning_step = 12
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        pruner.set_phase("frozen")
+    assert "every unit of ['heads'] was pruned in every layer" in caplog.text
+    assert "masks frozen at pruning step 12" in caplog.text
+    caplog.clear()
+    kept = lp.attach(tiny_causal_lm("llama"), lp.L0Config(target_sparsity=0.3, keep_units={"heads": 1}))
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        kept.set_phase("frozen")
+    assert "pruned in every layer" not in caplog.text

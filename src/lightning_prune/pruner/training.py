@@ -11,6 +11,7 @@ from lightning_prune.contracts import check_optimizer_holds_gates
 from lightning_prune.errors import AttachStateError, NonFiniteError, PruningConfigError
 from lightning_prune.importance import ImportanceScores, global_ranks, importance_per_cost, unit_costs
 from lightning_prune.methods.base import zero_with_graph
+from lightning_prune.pruner.stats import emptied_structures_warning
 
 log = logging.getLogger("lightning_prune")
 
@@ -127,6 +128,10 @@ class TrainingMixin:
             self.maybe_init_gates_from_importance_()
         if phase == "frozen" and self.phase == "prune":
             self.config.on_freeze(self)
+            # said now, while the user can still stop: the fine-tuning that follows trains this architecture
+            emptied = emptied_structures_warning(self.deterministic_masks())
+            if emptied is not None:
+                log.warning("%s (masks frozen at pruning step %d.)", emptied, self.pruning_step)
         self.phase = phase
         for p in self.state.gates.parameters():
             p.requires_grad_(phase == "prune")
