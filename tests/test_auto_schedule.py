@@ -33,6 +33,26 @@ def test_phase_steps_match_the_recipe_for_short_and_long_runs():
         recipes.phase_steps(3)
 
 
+@pytest.mark.parametrize(
+    "target, expected",
+    [(None, (90, 15, 120)), (0.3, (90, 15, 120)), (0.5, (90, 15, 120)), (0.7, (90, 30, 135)), (0.9, (90, 45, 150))],
+)
+def test_long_runs_warm_high_targets_up_for_longer(target, expected):
+    """Above 50% the gates must travel further: 5% warm-up at 50%, 15% at 90% (the freeze moves with it); at 90% a
+    5% warm-up left them far behind and the freeze's cut closed every head (issue #18, session 8)."""
+    assert recipes.phase_steps(300, target_sparsity=target) == expected
+    assert recipes.phase_steps(STEPS, target_sparsity=target) == (2, 6, 10)  # short runs already warm up over 30%
+    if target is not None:
+        config, phases = recipes.l0(target, 300)
+        assert (phases["dense_steps"], config.warmup_steps, phases["freeze_after_steps"]) == expected
+
+
+def test_the_callbacks_auto_schedule_follows_the_target():
+    callback = _quiet(lp.L0Config(target_sparsity=0.9, structures=("heads", "ffn")))
+    callback.driver.resolve_schedule(300)
+    assert (callback.dense_steps, callback.config.warmup_steps, callback.freeze_after_steps) == (90, 45, 150)
+
+
 def test_lightning_default_callback_runs_the_recipe_and_leaves_the_users_config_alone(caplog):
     user_config = lp.L0Config(target_sparsity=0.4, structures=("heads", "ffn"))
     assert (user_config.gate_lr, user_config.lagrangian_lr) == (0.5, 0.5)  # L0's defaults are the recipe's rates

@@ -51,7 +51,7 @@ def l0(
     Raises:
         PruningConfigError: ``max_steps`` is too small for three phases (under 4 steps).
     """
-    dense, warmup, freeze = phase_steps(max_steps, schedule)
+    dense, warmup, freeze = phase_steps(max_steps, schedule, target_sparsity)
     fields = dict(
         target_sparsity=target_sparsity,
         structures=tuple(structures),

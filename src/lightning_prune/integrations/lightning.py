@@ -111,7 +111,8 @@ class PruningCallback(Callback, DriverFacade):
             ``freeze_after_steps``, ``reset_optimizer_at_freeze`` is given, the phases of
             :func:`lightning_prune.recipes.l0` for the run's length (``max_steps``, or epochs × batches), measured
             best on ``benchmarks/quality.py`` (issue #18): runs of 200+ steps train dense 30%, reach the target over
-            5% and freeze at 40% with a fresh optimizer state; shorter runs 10% / 30% / 50%. A config with
+            5% and freeze at 40% with a fresh optimizer state (above a 50% target the warm-up and the freeze move
+            later, by 25% of the run per unit of target: 15% / 50% at 90%); shorter runs 10% / 30% / 50%. A config with
             ``warmup_steps=0`` gets the recipe's warm-up. A :class:`~lightning_prune.GradualConfig`: dense 10%, warm-up
             20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``); on a model that trains peft adapters
             (LoRA) the whole target at the first pruning step, frozen from 75%, no reset

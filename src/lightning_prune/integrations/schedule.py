@@ -142,7 +142,7 @@ class PhaseSchedule:
 
         recipe = auto_schedule(self.config.method_name, adapters=model is not None and bool(tuner_layers(model)))
         for_adapters = recipe is not AUTO_SCHEDULES[self.config.method_name]
-        dense, warmup, freeze = phase_steps(int(total_steps), recipe)
+        dense, warmup, freeze = phase_steps(int(total_steps), recipe, self.config.target_sparsity)
         self.dense_steps, self.freeze_after_steps = dense, freeze
         self.reset_optimizer_at_freeze = recipe.reset_optimizer_at_freeze
         if self.config.warmup_steps == 0:
