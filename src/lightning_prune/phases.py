@@ -33,12 +33,13 @@ class L0Schedule:
     :data:`HIGH_TARGET_WARMUP_SLOPE` per unit of target (15% at 90%) and the freeze moves with it: the gates must
     travel further, and at 90% a 5% warm-up left them at an expected sparsity of 0.60 when the masks froze, so the
     exact-target cut closed every attention head (accuracy 0.466 / 0.125 / 0.125 on three seeds; with the 15%
-    warm-up 0.509 / 0.518 / 0.487; at 50% the longer warm-up cost 2 points, so it starts above 50%). Gate and λ learning rates 0.5: with Adam a gate
-    moves about ``gate_lr`` per step and λ about ``lagrangian_lr``, and at 0.1 / 0.01 the gates could not follow a
-    30-step warm-up (expected sparsity 0.06 when the target had reached 0.32: the exact-target cut at the freeze
-    did all the pruning in one step). Measured, MiniLM at 50%, three seeds: 100 steps, short phases 0.492 (old
-    rates, no reset: 0.455); 300 steps, long phases 0.560 (short phases at the old rates 0.550, at the fast
-    rates 0.538; the two-stage pipeline 0.574). See docs/benchmarks.md.
+    warm-up 0.509 / 0.518 / 0.487; at 50% the longer warm-up cost 2 points, so it starts above 50%).
+
+    Gate and λ learning rates 0.5: with Adam a gate moves about ``gate_lr`` per step and λ about ``lagrangian_lr``,
+    and at 0.1 / 0.01 the gates could not follow a 30-step warm-up (expected sparsity 0.06 when the target had
+    reached 0.32: the exact-target cut at the freeze did all the pruning in one step). Measured, MiniLM at 50%,
+    three seeds: 100 steps, short phases 0.492 (old rates, no reset: 0.455); 300 steps, long phases 0.560 (short
+    phases at the old rates 0.550, at the fast rates 0.538; the two-stage pipeline 0.574). See docs/benchmarks.md.
     """
 
     dense: float | None = None
