@@ -350,6 +350,7 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5, distill_teacher="prune_start"),
         functools.partial(train_gated, dense_frac=0.3),
     ),
+    "gradual+kd1": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=1.0), train_gated),  # twice the weight
     "gradual+d30": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, dense_frac=0.3)),
     "gradual+os": (
         _gradual(uniform=False, warmup_frac=0.0),
