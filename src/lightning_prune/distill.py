@@ -24,6 +24,10 @@ Choices:
 * **Without LoRA** the teacher is the *current* weights with the gates off: it moves with training, and the
   term then asks the gated model to agree with the ungated one (a consistency target, not the pretrained
   model). Under LoRA (or any peft adapter) the teacher is exactly the pretrained model.
+* **A fine-tuned teacher** (``distill_teacher="prune_start"``): at the first prune-phase forward the trainable
+  parameters are copied (under LoRA only the adapters and ``modules_to_save`` heads), and the teacher pass swaps
+  the copies in by reference (``param.data``), adapters on, gates off: the model as the dense phase left it, CoFi's
+  fine-tuned teacher without a second model. A run resumed mid-prune takes its copy at the resume (logged).
 * **Phases**: only the ``prune`` phase distils (training mode, gradients enabled). In the ``dense`` phase the
   term would only pull the adapters back to the base model; in the ``frozen`` phase the architecture is fixed.
 * **Hidden states** (``distill_hidden_weight > 0``): the student is asked for ``output_hidden_states`` (its
