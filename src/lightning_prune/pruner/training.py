@@ -15,6 +15,13 @@ from lightning_prune.pruner.stats import emptied_structures_warning
 
 log = logging.getLogger("lightning_prune")
 
+
+def _rank_zero() -> bool:
+    """Whether this process speaks for the run (rank 0 of an initialised process group, or the only process)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 PHASES = ("dense", "prune", "frozen")
 
 
@@ -130,7 +137,7 @@ class TrainingMixin:
             self.config.on_freeze(self)
             # said now, while the user can still stop: the fine-tuning that follows trains this architecture
             emptied = emptied_structures_warning(self.deterministic_masks())
-            if emptied is not None:
+            if emptied is not None and _rank_zero():
                 log.warning("%s (masks frozen at pruning step %d.)", emptied, self.pruning_step)
         self.phase = phase
         for p in self.state.gates.parameters():
