@@ -9,6 +9,7 @@ and is refused by the callback.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,16 @@ def _run_worker(mode: str, out: Path) -> None:
             [sys.executable, str(WORKER), mode, str(out)], capture_output=True, text=True, timeout=300, env=env
         )
         # A rank killed by a signal (gloo aborting a thread: "terminate called without an active exception", seen
-        # in a CI dry run on 2 cores, 2026-11-29) is retried once; a failure inside the worker's own checks raises there
-        # and is not retried, and a signal twice in a row fails.
+        # in a CI dry run on 2 cores, 2026-11-29) is retried once, from an empty output folder (the killed run may
+        # have written part of its export, which the export's directory check then refuses); a failure inside the
+        # worker's own checks raises there and is not retried, and a signal twice in a row fails.
         if result.returncode == 0 or "terminated with signal" not in result.stderr or attempt == 1:
             break
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
