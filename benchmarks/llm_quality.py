@@ -85,6 +85,7 @@ class LLMBenchConfig:
     latency_repeats: int = 5
     sample_tokens: int = 40
     hidden_size: int = 576  # set from the model's config by run()
+    dense: bool = True  # train the dense LoRA row (the ratio columns need it; --no-dense skips it)
 
 
 @dataclass
@@ -166,12 +167,20 @@ def train_gated(
     prompt: list[int] | None = None,
     dense_frac: float | None = None,
     freeze_frac: float | None = None,
+    calibrate: bool = False,
 ) -> tuple[nn.Module, list[float]]:
     """Our methods through the plain-PyTorch API: dense → prune → frozen (the benchmark's phases, or this row's
-    ``dense_frac`` / ``freeze_frac``); returns (export, pruning-phase step times)."""
+    ``dense_frac`` / ``freeze_frac``); returns (export, pruning-phase step times). ``calibrate``: the importance
+    scores first accumulate over the calibration batches LLM-Pruner's selection uses (forward and backward on the
+    pretrained model, no optimizer step), then over the dense phase's training batches."""
     pruner = lp.attach(model, config)
     opt = torch.optim.AdamW(pruner.param_groups(lr=cfg.lr))
     model.train()
+    if calibrate:
+        pruner.set_phase("dense")
+        for ids in data.calib:
+            model(**_batch(ids, prompt)).loss.backward()
+        opt.zero_grad(set_to_none=True)
     times = []
     for step, ids in enumerate(data.train):
         phase = _phase(step, cfg, dense_frac, freeze_frac)
@@ -350,6 +359,15 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5, distill_teacher="prune_start"),
         functools.partial(train_gated, dense_frac=0.3),
     ),
+    # session 9: +cal: the Fisher also from LLM-Pruner's calibration batches (fixed across seeds); +d0: from them only
+    "gradual+kd+cal": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
+        functools.partial(train_gated, calibrate=True),
+    ),
+    "gradual+kd+cal+d0": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
+        functools.partial(train_gated, calibrate=True, dense_frac=0.0),
+    ),
     "gradual+kd1": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=1.0), train_gated),  # twice the weight
     "gradual+d30": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, dense_frac=0.3)),
     "gradual+os": (
@@ -431,7 +449,7 @@ def _params(model: nn.Module) -> int:
 
 # -- the run ------------------------------------------------------------------------------------------------------
 def jobs(cfg: LLMBenchConfig) -> list[tuple[str, str, float]]:
-    out = [("dense", "dense LoRA", 0.0)]
+    out = [("dense", "dense LoRA", 0.0)] if cfg.dense else []
     for s in cfg.sparsities:
         out += [("ours", m, s) for m in cfg.methods]
         out += [("baseline", b, s) for b in cfg.baselines]
@@ -500,6 +518,8 @@ def run(model_fn: Callable[[], nn.Module], data: Data, cfg: LLMBenchConfig, log=
                 f"{row.train_s:.0f}s"
             )
     measure_speed(rows, data, cfg)
+    if not cfg.dense:  # a placeholder first row: the ratio columns read NaN
+        rows.insert(0, Row("dense", "dense LoRA", 0.0, error="not run (--no-dense)"))
     return rows
 
 
@@ -548,7 +568,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         (axes[0], "domain_ppl", "domain (held-out stdlib docs)"),
         (axes[1], "general_ppl", "general (license texts)"),
     ):
-        ax.axhline(getattr(dense, key), color="gray", linestyle="--", label=f"dense LoRA ({dense.params / 1e6:.0f}M)")
+        if not dense.error:
+            ax.axhline(getattr(dense, key), color="gray", linestyle="--", label=f"dense LoRA ({dense.params / 1e6:.0f}M)")
         for name in dict.fromkeys(r.name for r in ok):
             sel = sorted((r for r in ok if r.name == name), key=lambda r: r.params)
             kind = sel[0].kind
@@ -619,6 +640,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--baselines", nargs="*", choices=("llm-pruner", "flap", "wanda-sp"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="LoRA initialisation and training batch order")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense LoRA row (its figures do not change)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -644,6 +666,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.baselines is not None:
         cfg.baselines = tuple(args.baselines)
     cfg.seed = args.seed
+    cfg.dense = not args.no_dense
     path = smollm2_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     t0 = time.perf_counter()

@@ -795,16 +795,17 @@ def _run_seeds(model_fn, task: Task, cfg: BenchConfig, seeds: list[int], output:
 
 # -- the real task --------------------------------------------------------------------------------------------
 def minilm_task(
-    cfg: BenchConfig, n_train_per_class: int, n_test_per_class: int
+    cfg: BenchConfig, n_train_per_class: int, n_test_per_class: int, task: str = "docstring-library"
 ) -> tuple[Callable[[], nn.Module], Task]:
-    from quality_data import LABELS, make_docstring_dataset
+    from quality_data import TASKS, make_docstring_dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from lightning_prune.pretrained import minilm_path
 
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train, test = make_docstring_dataset(n_train_per_class, n_test_per_class)
+    train, test = make_docstring_dataset(n_train_per_class, n_test_per_class, task)
+    labels = TASKS[task]
 
     def encode(examples):
         enc = tokenizer(
@@ -819,9 +820,9 @@ def minilm_task(
         )
 
     def model_fn():
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
 
-    return model_fn, Task("docstring-library", encode(train), encode(test), len(LABELS))
+    return model_fn, Task(task, encode(train), encode(test), len(labels))
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -829,6 +830,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--quick", action="store_true", help="fewer steps and sentences (minutes on 2 cores)")
     parser.add_argument("--output", type=Path, default=Path("outputs/quality"))
     parser.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
+    parser.add_argument(
+        "--task",
+        choices=("docstring-library", "docstring-library-16"),
+        default="docstring-library",
+        help="8 libraries (default), or 16 (full budget: 400 steps of 16x64, 300 / 80 sentences per class)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (overrides the mode's)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -851,6 +858,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.quick:  # one budget (50%), every method: a few minutes on 2 cores
         cfg, n_train, n_test = BenchConfig(steps=100, max_length=32, importance=args.importance), 200, 50
         cfg.sparsities = (0.5,)
+    elif args.task == "docstring-library-16":
+        cfg, n_train, n_test = BenchConfig(steps=400, max_length=64, importance=args.importance), 300, 80
     else:
         cfg, n_train, n_test = BenchConfig(steps=300, max_length=40, importance=args.importance), 500, 125
     if args.steps is not None:
@@ -864,7 +873,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     cfg.train_dense = not args.no_dense
     from quality_data import source_versions
 
-    model_fn, task = minilm_task(cfg, n_train, n_test)
+    model_fn, task = minilm_task(cfg, n_train, n_test, args.task)
     print(
         f"MiniLM-L6 on {task.name}: {len(task.train)} train / {len(task.test)} test sentences (held-out files), "
         f"{task.num_labels} classes; {cfg.steps} steps of batch {cfg.batch_size}x{cfg.max_length} per row"
@@ -885,7 +894,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "task": task.name,
         "n_train": len(task.train),
         "n_test": len(task.test),
-        "source_versions": source_versions(),
+        "source_versions": source_versions(args.task),
         "rows": [r.record(dense) for r in rows],
     }
     (args.output / "quality.json").write_text(json.dumps(record, indent=2))

@@ -167,3 +167,19 @@ def test_every_method_entry_trains_and_exports(name):
     assert not row.error, row.error
     assert row.domain_ppl > 1 and row.sample
     assert 0.0 <= row.removed <= 0.5 + 0.05
+
+
+def test_no_dense_run_leaves_a_placeholder_first_row(tmp_path):
+    """``--no-dense`` (study runs whose dense row ran before): no dense training, the ratio columns read NaN, and
+    the report and plot still come out."""
+    torch.set_num_threads(1)
+    cfg = _cfg(baselines=(), dense=False)
+    assert [kind for kind, _, _ in llm_quality.jobs(cfg)] == ["ours"]
+    rows = llm_quality.run(_tiny, _data(cfg), cfg, log=lambda *_: None)
+    assert [r.kind for r in rows] == ["dense", "ours"] and "not run" in rows[0].error
+    assert not rows[1].error and rows[1].domain_ppl > 1
+    record = rows[1].record(rows[0])
+    assert record["params_ratio"] != record["params_ratio"]  # NaN: there is no dense row to compare with
+    assert "not run (--no-dense)" in llm_quality.table(rows)
+    llm_quality.plot(rows, tmp_path / "p.png", "tiny")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -129,6 +129,21 @@ def test_docstring_task_is_balanced_held_out_and_has_no_giveaways():
     assert quality_data._first_sentence("Return the sum of the array.\n\nMore text.") == "Return the sum of the array."
 
 
+def test_sixteen_library_task_adds_classes_without_changing_the_eight():
+    eight = quality_data.make_docstring_dataset(n_train_per_class=30, n_test_per_class=10)
+    train, test = quality_data.make_docstring_dataset(30, 10, task="docstring-library-16")
+    assert [sum(e.label == i for e in train) for i in range(16)] == [30] * 16
+    assert [sum(e.label == i for e in test) for i in range(16)] == [10] * 16
+    assert not {e.text for e in train} & {e.text for e in test}
+    for pattern in (quality_data._GIVEAWAY, quality_data._GIVEAWAY_16):  # no library of either list is named
+        assert not any(pattern.search(e.text) for e in train + test)
+    # the 8-class task is as it was: its data does not depend on the 16-class task's extra filter
+    assert eight == quality_data.make_docstring_dataset(30, 10, task="docstring-library")
+    assert quality_data._first_sentence("Log the metric to wandb for the run.", quality_data._GIVEAWAY_16) is None
+    with pytest.raises(ValueError, match="Unknown task 'docstrings'; known: docstring-library"):
+        quality_data.make_docstring_dataset(30, 10, task="docstrings")
+
+
 def test_seeds_table_reports_mean_spread_and_gap_to_two_stage():
     def row(kind, name, target, acc):
         return quality.Row(kind, name, target, acc, 1, 0.0, 0.0, 0.0)
