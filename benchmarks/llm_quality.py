@@ -569,7 +569,9 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         (axes[1], "general_ppl", "general (license texts)"),
     ):
         if not dense.error:
-            ax.axhline(getattr(dense, key), color="gray", linestyle="--", label=f"dense LoRA ({dense.params / 1e6:.0f}M)")
+            ax.axhline(
+                getattr(dense, key), color="gray", linestyle="--", label=f"dense LoRA ({dense.params / 1e6:.0f}M)"
+            )
         for name in dict.fromkeys(r.name for r in ok):
             sel = sorted((r for r in ok if r.name == name), key=lambda r: r.params)
             kind = sel[0].kind
