@@ -368,6 +368,11 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
         functools.partial(train_gated, calibrate=True, dense_frac=0.0),
     ),
+    # +f12: masks frozen at 12% (2 steps after the cut at 100 steps): the LoRA trains under one fixed mask
+    "gradual+kd+f12": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
+        functools.partial(train_gated, freeze_frac=0.12),
+    ),
     "gradual+kd1": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=1.0), train_gated),  # twice the weight
     "gradual+d30": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, dense_frac=0.3)),
     "gradual+os": (

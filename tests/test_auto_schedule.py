@@ -155,7 +155,7 @@ def test_gradual_default_callback_runs_its_own_schedule():
 
 
 def test_gradual_on_peft_lora_runs_the_adapter_schedule(caplog):
-    """LoRA on frozen weights: the whole target at the first pruning step, scores learning until 75%, no reset
+    """LoRA on frozen weights: the whole target at the first pruning step, masks frozen two steps later, no reset
     (``phases.GRADUAL_ADAPTER_SCHEDULE``, measured on SmolLM2 + LoRA); the same config on the plain model keeps the
     full fine-tuning schedule."""
     from lightning_prune.phases import GRADUAL_ADAPTER_SCHEDULE, GRADUAL_SCHEDULE
@@ -166,7 +166,7 @@ def test_gradual_on_peft_lora_runs_the_adapter_schedule(caplog):
     with caplog.at_level(logging.INFO, logger="lightning_prune"):
         trainer(STEPS, [callback]).fit(lora, loader())
     dense, warmup, freeze = recipes.phase_steps(STEPS, GRADUAL_ADAPTER_SCHEDULE)
-    assert (dense, warmup, freeze) == (2, 0, 15)
+    assert (dense, warmup, freeze) == (2, 0, 4)
     assert (callback.dense_steps, callback.freeze_after_steps, callback.reset_optimizer_at_freeze) == (
         dense,
         freeze,

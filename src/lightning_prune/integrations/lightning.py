@@ -115,7 +115,7 @@ class PruningCallback(Callback, DriverFacade):
             later, by 25% of the run per unit of target: 15% / 50% at 90%); shorter runs 10% / 30% / 50%. A config with
             ``warmup_steps=0`` gets the recipe's warm-up. A :class:`~lightning_prune.GradualConfig`: dense 10%, warm-up
             20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``); on a model that trains peft adapters
-            (LoRA) the whole target at the first pruning step, frozen from 75%, no reset
+            (LoRA) the whole target at the first pruning step, frozen from 12% (two steps later at least), no reset
             (``GRADUAL_ADAPTER_SCHEDULE``). Other methods, or any phase argument given: ``"manual"``.
             ``"manual"``: the values given (unset: no dense phase, no freeze, no reset).
 
