@@ -12,8 +12,8 @@ evaluated as a compact model (LoRA merged):
   self-distillation from the pretrained model, L0 (CoFi-style hard-concrete gates on KV groups + FFN channels,
   Lagrangian target), STE, polarization, Compresso (+ its collaborative prompt in training and evaluation), ATP
   (decision generator in alternation with LoRA), PAT; all but gradual with ``uniform=True`` where the method has it
-  (standard exports); dense warm-up for 10% of the steps, target warm-up over 40% (gradual: one step), masks frozen
-  from 75%;
+  (standard exports); dense warm-up for 10% of the steps, target warm-up over 40% (gradual: none), masks frozen
+  from 75% (gradual: from 12%, two steps after the cut at 100 steps);
 * ``LLM-Pruner``: first-order Taylor importance per KV group / FFN channel on calibration batches, uniform ratio
   with the first 3 and last 2 layers kept whole, one-shot removal, then LoRA recovery for all the steps;
 * ``FLAP``: fluctuation metric, global z-scored comparison (adaptive per-layer widths), bias compensation, LoRA;
@@ -332,18 +332,24 @@ def train_pat(model: nn.Module, config: lp.PruningConfig, data: Data, cfg: LLMBe
 #: name -> (config at a sparsity, trainer). The trainer returns (compact model, step times to report).
 METHODS: dict[str, tuple[Callable, Callable]] = {
     "l0": (_l0, train_gated),
-    # GradualConfig as a user gets it on a LoRA model (``schedule="auto"``: phases.GRADUAL_ADAPTER_SCHEDULE, which is
-    # this benchmark's dense 10% / frozen from 75%; widths free across layers; the whole target at the first
-    # pruning step); +kd: with self-distillation from the pretrained model (``distill_weight=0.5``)
-    "gradual": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
-    "gradual+kd": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
+    # GradualConfig as a user gets it on a LoRA model (``schedule="auto"``: phases.GRADUAL_ADAPTER_SCHEDULE, dense 10%,
+    # the whole target at the first pruning step, frozen from 12%; widths free across layers); +kd: with
+    # self-distillation from the pretrained model (``distill_weight=0.5``). Session 9 measured them as +f12 rows.
+    "gradual": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, freeze_frac=0.12)),
+    "gradual+kd": (
+        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
+        functools.partial(train_gated, freeze_frac=0.12),
+    ),
+    # the rows `gradual` / `gradual+kd` of sessions 7-8: the scores learn (and the mask changes) until 75%
+    "gradual+f75": (_gradual(uniform=False, warmup_frac=0.0), train_gated),
+    "gradual+kd+f75": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5), train_gated),
     # the same as a Lightning user writes it: GradualConfig(target, structures) in PruningCallback, no phase argument
     "gradual+callback": (
         lambda s, cfg: lp.GradualConfig(target_sparsity=s, structures=("heads", "ffn"), flops_seq_len=cfg.seq_len),
         train_with_callback,
     ),
     # issue #18 study (session 7): +u: the same widths in every layer (a standard config); +wN: the target reached
-    # over N% of the steps (default: the benchmark's 40%); +os: cut at 30%, frozen right after; +f12: frozen at 12%
+    # over N% of the steps (default: the benchmark's 40%); +os: cut at 30%, frozen right after
     "gradual+u+w40": (_gradual(uniform=True), train_gated),
     "gradual+u": (_gradual(uniform=True, warmup_frac=0.0), train_gated),
     "gradual+w40": (_gradual(uniform=False), train_gated),
@@ -359,7 +365,8 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5, distill_teacher="prune_start"),
         functools.partial(train_gated, dense_frac=0.3),
     ),
-    # session 9: +cal: the Fisher also from LLM-Pruner's calibration batches (fixed across seeds); +d0: from them only
+    # session 9 (frozen from 75%, as +f75): +cal: the Fisher also from LLM-Pruner's calibration batches (fixed across
+    # seeds); +d0: from them only
     "gradual+kd+cal": (
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
         functools.partial(train_gated, calibrate=True),
@@ -368,18 +375,12 @@ METHODS: dict[str, tuple[Callable, Callable]] = {
         _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
         functools.partial(train_gated, calibrate=True, dense_frac=0.0),
     ),
-    # +f12: masks frozen at 12% (2 steps after the cut at 100 steps): the LoRA trains under one fixed mask
-    "gradual+kd+f12": (
-        _gradual(uniform=False, warmup_frac=0.0, distill_weight=0.5),
-        functools.partial(train_gated, freeze_frac=0.12),
-    ),
     "gradual+kd1": (_gradual(uniform=False, warmup_frac=0.0, distill_weight=1.0), train_gated),  # twice the weight
     "gradual+d30": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, dense_frac=0.3)),
     "gradual+os": (
         _gradual(uniform=False, warmup_frac=0.0),
         functools.partial(train_gated, dense_frac=0.3, freeze_frac=0.32),
     ),
-    "gradual+f12": (_gradual(uniform=False, warmup_frac=0.0), functools.partial(train_gated, freeze_frac=0.12)),
     "l0+imp+u": (_l0_importance(uniform=True), train_gated),
     "l0+imp": (_l0_importance(uniform=False), train_gated),
     "ste": (_ste, train_gated),

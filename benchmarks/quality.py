@@ -278,9 +278,11 @@ def _train_with_callback(
     freeze: float = 0.75,
     reset: bool = False,
     at_target: bool = False,
+    fisher_from: float | None = None,
 ) -> nn.Module:
     """Our Lightning callback: dense ``dense`` of the steps, pruning until ``freeze``, then masks frozen (default: the
-    demo's schedule, 10% / 75%); ``reset``: a fresh optimizer state for the weights at the freeze."""
+    demo's schedule, 10% / 75%); ``reset``: a fresh optimizer state for the weights at the freeze; ``fisher_from``:
+    the Fisher sums restart at this fraction of the steps (:func:`_late_importance`)."""
     callback = lp.PruningCallback(
         config,
         dense_steps=max(1, int(cfg.steps * dense)),
@@ -292,21 +294,46 @@ def _train_with_callback(
         reset_optimizer_at_freeze=reset,
     )
     extra = [_InitGatesAtTarget(callback)] if at_target else []
+    if fisher_from is not None:
+        extra.append(_late_importance(callback, int(cfg.steps * fisher_from)))
     fit(model, task, cfg, cfg.steps, [callback, *extra])
     return callback.pruner.export()
 
 
 def _schedule(
-    dense: float, freeze: float, reset: bool = False, at_target: bool = False
+    dense: float, freeze: float, reset: bool = False, at_target: bool = False, fisher_from: float | None = None
 ) -> Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]:
     """Train with the callback on another schedule: dense ``dense`` of the steps, masks frozen from ``freeze``."""
 
     def train(model: nn.Module, config: lp.PruningConfig, task: Task, cfg: BenchConfig) -> nn.Module:
         return _train_with_callback(
-            model, config, task, cfg, dense=dense, freeze=freeze, reset=reset, at_target=at_target
+            model,
+            config,
+            task,
+            cfg,
+            dense=dense,
+            freeze=freeze,
+            reset=reset,
+            at_target=at_target,
+            fisher_from=fisher_from,
         )
 
     return train
+
+
+def _late_importance(pruning: lp.PruningCallback, step: int):
+    """Study lever: the Fisher sums start again at global step ``step`` of the dense phase, so that the cut ranks the
+    units by the model near the cut only (the two-stage baseline's Taylor scores come from 4 batches at the cut),
+    not by the first steps, when a new classification head is still random."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Late(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            importance = pruning.pruner.importance
+            if trainer.global_step == step and pruning.phase == "dense" and importance is not None:
+                importance.reset_()
+
+    return Late()
 
 
 def _recent_importance(pruning: lp.PruningCallback, decay: float):
@@ -480,6 +507,8 @@ METHODS: dict[str, MethodEntry] = {
     # state): two-stage with our Fisher-per-cost selection; +u: the same number of units in every layer
     "gradual+os": MethodEntry(_gradual_variant(0.0), _schedule(0.3, 0.31, True)),
     "gradual+os+u": MethodEntry(_gradual_variant(0.0, uniform=True), _schedule(0.3, 0.31, True)),
+    # session 9: +late: the Fisher of the last 5% of the steps before the cut only (steps 25-30%)
+    "gradual+os+late": MethodEntry(_gradual_variant(0.0), _schedule(0.3, 0.31, True, fisher_from=0.25)),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     # session 8: a longer target warm-up (15% instead of 5%) for high targets, where the gates lagged (90%: expected
