@@ -279,10 +279,12 @@ def _train_with_callback(
     reset: bool = False,
     at_target: bool = False,
     fisher_from: float | None = None,
+    taylor: bool = False,
 ) -> nn.Module:
     """Our Lightning callback: dense ``dense`` of the steps, pruning until ``freeze``, then masks frozen (default: the
     demo's schedule, 10% / 75%); ``reset``: a fresh optimizer state for the weights at the freeze; ``fisher_from``:
-    the Fisher sums restart at this fraction of the steps (:func:`_late_importance`)."""
+    the Fisher sums restart at this fraction of the steps (:func:`_late_importance`); ``taylor``: the cut ranks by
+    the two-stage baseline's Taylor scores instead (:func:`_taylor_importance`)."""
     callback = lp.PruningCallback(
         config,
         dense_steps=max(1, int(cfg.steps * dense)),
@@ -296,12 +298,19 @@ def _train_with_callback(
     extra = [_InitGatesAtTarget(callback)] if at_target else []
     if fisher_from is not None:
         extra.append(_late_importance(callback, int(cfg.steps * fisher_from)))
+    if taylor:
+        extra.append(_taylor_importance(callback, max(1, int(cfg.steps * dense)) - 1, task, cfg))
     fit(model, task, cfg, cfg.steps, [callback, *extra])
     return callback.pruner.export()
 
 
 def _schedule(
-    dense: float, freeze: float, reset: bool = False, at_target: bool = False, fisher_from: float | None = None
+    dense: float,
+    freeze: float,
+    reset: bool = False,
+    at_target: bool = False,
+    fisher_from: float | None = None,
+    taylor: bool = False,
 ) -> Callable[[nn.Module, lp.PruningConfig, Task, BenchConfig], nn.Module]:
     """Train with the callback on another schedule: dense ``dense`` of the steps, masks frozen from ``freeze``."""
 
@@ -316,9 +325,59 @@ def _schedule(
             reset=reset,
             at_target=at_target,
             fisher_from=fisher_from,
+            taylor=taylor,
         )
 
     return train
+
+
+def _taylor_importance(pruning: lp.PruningCallback, step: int, task: Task, cfg: BenchConfig):
+    """Study lever: after the optimizer step ``step`` (the last dense one) the importance buffers are overwritten with
+    the two-stage baseline's criterion: first-order Taylor ``Σ |w · ∂L/∂w|`` over each unit's weights and biases
+    (a head: its query/key/value rows and attention-output columns; an FFN channel: its intermediate row and output
+    column), gradients summed over ``cfg.taylor_batches`` training batches in eval mode (Molchanov et al. 2019, as
+    torch-pruning's ``GroupTaylorImportance`` computes it). The cut then ranks by it instead of our Fisher sums."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Taylor(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step != step + 1 or pruning.phase != "dense":
+                return
+            model = pruning.pruner.model
+            was_training = model.training
+            model.eval()
+            saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+            model.zero_grad(set_to_none=True)
+            loader = torch.utils.data.DataLoader(task.train, batch_size=cfg.batch_size)
+            for (ids, mask, labels), _ in zip(loader, range(cfg.taylor_batches)):
+                model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            importance = pruning.pruner.importance
+            heads, ffn = importance.fisher("heads"), importance.fisher("ffn")
+            with torch.no_grad():
+                for l, layer in enumerate(model.bert.encoder.layer):
+                    att = layer.attention
+                    d = att.self.attention_head_size
+
+                    def t(p):
+                        return (p * p.grad).abs()
+
+                    rows = sum(
+                        t(getattr(att.self, n).weight).sum(1) + t(getattr(att.self, n).bias)
+                        for n in ("query", "key", "value")
+                    )
+                    cols = t(att.output.dense.weight).sum(0)
+                    heads[l] = (rows + cols).view(-1, d).sum(1)
+                    ffn[l] = (
+                        t(layer.intermediate.dense.weight).sum(1)
+                        + t(layer.intermediate.dense.bias)
+                        + t(layer.output.dense.weight).sum(0)
+                    )
+            for n, p in model.named_parameters():
+                p.grad = saved[n]
+            model.train(was_training)
+            print(f"    (Taylor scores of {cfg.taylor_batches} batches replace the Fisher sums after step {step + 1})")
+
+    return Taylor()
 
 
 def _late_importance(pruning: lp.PruningCallback, step: int):
@@ -509,6 +568,8 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+os+u": MethodEntry(_gradual_variant(0.0, uniform=True), _schedule(0.3, 0.31, True)),
     # session 9: +late: the Fisher of the last 5% of the steps before the cut only (steps 25-30%)
     "gradual+os+late": MethodEntry(_gradual_variant(0.0), _schedule(0.3, 0.31, True, fisher_from=0.25)),
+    # +taylor: two-stage's ranking (Taylor |w·g| per unit, 4 batches at the cut) in our cut, masks and schedule
+    "gradual+os+u+taylor": MethodEntry(_gradual_variant(0.0, uniform=True), _schedule(0.3, 0.31, True, taylor=True)),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     # session 8: a longer target warm-up (15% instead of 5%) for high targets, where the gates lagged (90%: expected
