@@ -299,7 +299,7 @@ def _train_with_callback(
     if fisher_from is not None:
         extra.append(_late_importance(callback, int(cfg.steps * fisher_from)))
     if taylor:
-        extra.append(_taylor_importance(callback, max(1, int(cfg.steps * dense)) - 1, task, cfg))
+        extra.append(_taylor_importance(callback, max(1, int(cfg.steps * dense)), task, cfg))
     fit(model, task, cfg, cfg.steps, [callback, *extra])
     return callback.pruner.export()
 
@@ -331,8 +331,8 @@ def _schedule(
     return train
 
 
-def _taylor_importance(pruning: lp.PruningCallback, step: int, task: Task, cfg: BenchConfig):
-    """Study lever: after the optimizer step ``step`` (the last dense one) the importance buffers are overwritten with
+def _taylor_importance(pruning: lp.PruningCallback, cut: int, task: Task, cfg: BenchConfig):
+    """Study lever: after ``cut`` optimizer steps (the dense phase) the importance buffers are overwritten with
     the two-stage baseline's criterion: first-order Taylor ``Σ |w · ∂L/∂w|`` over each unit's weights and biases
     (a head: its query/key/value rows and attention-output columns; an FFN channel: its intermediate row and output
     column), gradients summed over ``cfg.taylor_batches`` training batches in eval mode (Molchanov et al. 2019, as
@@ -341,7 +341,7 @@ def _taylor_importance(pruning: lp.PruningCallback, step: int, task: Task, cfg: 
 
     class Taylor(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step != step + 1 or pruning.phase != "dense":
+            if trainer.global_step != cut or pruning.phase != "dense":
                 return
             model = pruning.pruner.model
             was_training = model.training
@@ -353,14 +353,14 @@ def _taylor_importance(pruning: lp.PruningCallback, step: int, task: Task, cfg: 
                 model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
             importance = pruning.pruner.importance
             heads, ffn = importance.fisher("heads"), importance.fisher("ffn")
+
+            def t(p):  # |w · ∂L/∂w| elementwise
+                return (p * p.grad).abs()
+
             with torch.no_grad():
                 for l, layer in enumerate(model.bert.encoder.layer):
                     att = layer.attention
                     d = att.self.attention_head_size
-
-                    def t(p):
-                        return (p * p.grad).abs()
-
                     rows = sum(
                         t(getattr(att.self, n).weight).sum(1) + t(getattr(att.self, n).bias)
                         for n in ("query", "key", "value")
@@ -375,7 +375,7 @@ def _taylor_importance(pruning: lp.PruningCallback, step: int, task: Task, cfg: 
             for n, p in model.named_parameters():
                 p.grad = saved[n]
             model.train(was_training)
-            print(f"    (Taylor scores of {cfg.taylor_batches} batches replace the Fisher sums after step {step + 1})")
+            print(f"    (Taylor scores of {cfg.taylor_batches} batches replace the Fisher sums after step {cut})")
 
     return Taylor()
 
@@ -895,7 +895,7 @@ def minilm_task(
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     train, test = make_docstring_dataset(n_train_per_class, n_test_per_class, task)
-    labels = TASKS[task]
+    labels = TASKS[task].libraries
 
     def encode(examples):
         enc = tokenizer(
@@ -920,9 +920,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--quick", action="store_true", help="fewer steps and sentences (minutes on 2 cores)")
     parser.add_argument("--output", type=Path, default=Path("outputs/quality"))
     parser.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
+    from quality_data import TASKS
+
     parser.add_argument(
         "--task",
-        choices=("docstring-library", "docstring-library-16"),
+        choices=tuple(TASKS),
         default="docstring-library",
         help="8 libraries (default), or 16 (full budget: 400 steps of 16x64, 300 / 80 sentences per class)",
     )

@@ -54,7 +54,6 @@ LIBRARIES_16: dict[str, str] = {
     "setuptools": "setuptools",
     "pip": "pip",
 }
-TASKS: dict[str, dict[str, str]] = {"docstring-library": LIBRARIES, "docstring-library-16": LIBRARIES_16}
 
 # A sentence naming a library is a give-away: drop it (word-boundary match, case-insensitive).
 _GIVEAWAY = re.compile(
@@ -69,6 +68,22 @@ _GIVEAWAY_16 = re.compile(
     re.IGNORECASE,
 )
 _TEST_EVERY = 4  # one source file in four goes to the test split
+
+
+@dataclass(frozen=True)
+class DocstringTask:
+    """One task of the kind: its libraries (label -> package; the order is the class index) and, besides
+    ``_GIVEAWAY``, the names its sentences must not contain."""
+
+    libraries: dict[str, str]
+    extra_giveaway: re.Pattern | None = None
+
+
+#: The tasks by name (``quality.py --task``).
+TASKS: dict[str, DocstringTask] = {
+    "docstring-library": DocstringTask(LIBRARIES),
+    "docstring-library-16": DocstringTask(LIBRARIES_16, _GIVEAWAY_16),
+}
 
 
 @dataclass
@@ -132,15 +147,14 @@ def make_docstring_dataset(
     Args:
         n_train_per_class: training sentences per library.
         n_test_per_class: test sentences per library (from source files that give no training sentence).
-        task: a key of :data:`TASKS` (the libraries; the label order is the class index).
+        task: a key of :data:`TASKS`.
 
     Raises:
         ValueError: a library has too few usable sentences for the quotas (lower them).
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; known: {', '.join(TASKS)}.")
-    libraries = TASKS[task]
-    extra_giveaway = _GIVEAWAY_16 if libraries is not LIBRARIES else None
+    libraries, extra_giveaway = TASKS[task].libraries, TASKS[task].extra_giveaway
     found: dict[str, dict[str, list[str]]] = {}
     owners: dict[str, set[str]] = {}  # sentence -> libraries / splits it was seen in
     for label, package in libraries.items():
@@ -176,7 +190,7 @@ def make_docstring_dataset(
 def source_versions(task: str = "docstring-library") -> dict[str, str]:
     """Installed versions of the libraries the sentences come from (the dataset depends on them)."""
     out = {}
-    for label in TASKS[task]:
+    for label in TASKS[task].libraries:
         try:
             out[label] = importlib.metadata.version(label)
         except importlib.metadata.PackageNotFoundError:

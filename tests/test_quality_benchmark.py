@@ -137,8 +137,9 @@ def test_sixteen_library_task_adds_classes_without_changing_the_eight():
     assert not {e.text for e in train} & {e.text for e in test}
     for pattern in (quality_data._GIVEAWAY, quality_data._GIVEAWAY_16):  # no library of either list is named
         assert not any(pattern.search(e.text) for e in train + test)
-    # the 8-class task is as it was: its data does not depend on the 16-class task's extra filter
+    # the default task is the 8-library one, and it has no extra filter (its data are as before the 16-class task)
     assert eight == quality_data.make_docstring_dataset(30, 10, task="docstring-library")
+    assert quality_data.TASKS["docstring-library"].extra_giveaway is None
     assert quality_data._first_sentence("Log the metric to wandb for the run.", quality_data._GIVEAWAY_16) is None
     with pytest.raises(ValueError, match="Unknown task 'docstrings'; known: docstring-library"):
         quality_data.make_docstring_dataset(30, 10, task="docstrings")
