@@ -178,22 +178,29 @@ def fit(
     callbacks=(),
     seed_offset: int = 0,
     teacher: SnapshotTeacher | None = None,
+    skip_epochs: int = 0,
 ) -> nn.Module:
     """Fine-tune ``model`` in place for ``steps`` optimizer steps with Lightning (seeded batches, no logging).
 
     Every row cuts training into the same epochs of ``prune_at · steps`` batches (``ModelPruning`` acts at an epoch
-    end), so every row sees the same batches in the same order; the second stage of the two-stage baseline starts
-    a new run (``seed_offset=1``) so that it does not repeat the first stage's batches.
+    end), so every row sees the same batches in the same order. ``skip_epochs``: continue a run that already
+    trained that many epochs: the batch order is the one a single run has from that epoch on, and the global RNG
+    (dropout) is not re-seeded but goes on from where the first run left it. The second stage of the two-stage
+    baseline uses it, so the whole pipeline sees the same batches as every other row (before session 10 it
+    started a new shuffle, ``seed_offset=1``).
     """
     import lightning as L
 
     if steps <= 0:
         return model
-    L.seed_everything(cfg.seed + seed_offset, verbose=False)
+    if not skip_epochs:
+        L.seed_everything(cfg.seed + seed_offset, verbose=False)
     order = torch.Generator().manual_seed(cfg.seed + seed_offset)  # batch order independent of the global RNG
     loader = torch.utils.data.DataLoader(
         task.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order
     )
+    for _ in range(skip_epochs):  # each epoch draws its permutation (and a worker seed) from ``order`` at iter()
+        next(iter(loader))
     trainer = quiet_trainer(steps, callbacks, limit_train_batches=max(1, int(cfg.steps * cfg.prune_at)))
     trainer.fit(_module(model, cfg.lr, teacher), loader)
     return model.eval()
@@ -649,7 +656,7 @@ def torch_pruning_two_stage(
         attention.all_head_size = attention.query.out_features
     model.config.num_attention_heads = attentions[0].num_attention_heads
     model.config.intermediate_size = ffn_layers[0].out_features
-    return fit(model, task, cfg, cfg.steps - first, seed_offset=1, teacher=teacher)
+    return fit(model, task, cfg, cfg.steps - first, teacher=teacher, skip_epochs=1 if first else 0)
 
 
 def lightning_model_pruning(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:
