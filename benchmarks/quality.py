@@ -577,6 +577,11 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+os+late": MethodEntry(_gradual_variant(0.0), _schedule(0.3, 0.31, True, fisher_from=0.25)),
     # +taylor: two-stage's ranking (Taylor |w·g| per unit, 4 batches at the cut) in our cut, masks and schedule
     "gradual+os+u+taylor": MethodEntry(_gradual_variant(0.0, uniform=True), _schedule(0.3, 0.31, True, taylor=True)),
+    # session 10: the same with the scores' learning rate ~0: the four steps between the cut and the freeze keep the
+    # Taylor selection (Adam moves every score ~gate_lr per step, ranks are ~5e-5 apart: one step reorders the edge)
+    "gradual+os+u+taylor+lr0": MethodEntry(
+        _gradual_variant(0.0, uniform=True, gate_lr=1e-9), _schedule(0.3, 0.31, True, taylor=True)
+    ),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     # session 8: a longer target warm-up (15% instead of 5%) for high targets, where the gates lagged (90%: expected
