@@ -582,6 +582,10 @@ METHODS: dict[str, MethodEntry] = {
     "gradual+os+u+taylor+lr0": MethodEntry(
         _gradual_variant(0.0, uniform=True, gate_lr=1e-9), _schedule(0.3, 0.31, True, taylor=True)
     ),
+    # +lr0 without Taylor: our Fisher-per-cost selection of the dense 30% (widths free), kept as cut; and the `gradual`
+    # default's phases (dense 10% / warm-up 20% / freeze 30%) with the scores kept at their Fisher ranks
+    "gradual+os+lr0": MethodEntry(_gradual_variant(0.0, gate_lr=1e-9), _schedule(0.3, 0.31, True)),
+    "gradual+lr0": MethodEntry(_gradual_variant(0.2, gate_lr=1e-9), _schedule(0.1, 0.3, True)),
     "l0+recipe+recent": MethodEntry(_l0_variant(), _recipe_variant(importance_decay=0.9)),
     "l0+d25": MethodEntry(_l0_variant(), _recipe_variant(dense=0.25, warmup=0.05, freeze=0.3)),
     # session 8: a longer target warm-up (15% instead of 5%) for high targets, where the gates lagged (90%: expected
