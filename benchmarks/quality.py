@@ -61,7 +61,7 @@ class BenchConfig:
     importance: str = "taylor"  # torch-pruning importance: "taylor" or "magnitude"
     taylor_batches: int = 4  # batches whose gradients give the Taylor importance
     latency_repeats: int = 15
-    methods: tuple[str, ...] = ()  # entries of METHODS to run (empty: DEFAULT_METHODS whose method is registered)
+    methods: tuple[str, ...] | None = None  # entries of METHODS to run (None: DEFAULT_METHODS that are registered)
     baselines: tuple[str, ...] | None = None  # kinds of BASELINES to run (None: all)
     train_dense: bool = True  # False (--no-dense): the dense row is the untrained model (a latency reference only)
 
@@ -717,7 +717,11 @@ def unbenchmarked_methods(model_fn: Callable[[], nn.Module]) -> dict[str, str]:
 def run(model_fn: Callable[[], nn.Module], task: Task, cfg: BenchConfig, log=print) -> list[Row]:
     """Every row of the table, trained one after the other, then timed side by side."""
     jobs: list[tuple[str, str, float, Callable[[nn.Module], nn.Module]]] = [("dense", "dense", 0.0, lambda m: m)]
-    names = cfg.methods or tuple(n for n in DEFAULT_METHODS if n.split("+")[0] in lp.methods.available_methods())
+    names = (
+        cfg.methods
+        if cfg.methods is not None
+        else tuple(n for n in DEFAULT_METHODS if n.split("+")[0] in lp.methods.available_methods())
+    )
     for sparsity in cfg.sparsities:
         for name in names:
             entry = METHODS[name]
@@ -947,7 +951,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (overrides the mode's)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="fractions of encoder params removed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=None, help="our rows (default: all)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=sorted(METHODS),
+        default=None,
+        help="our rows (default: all; none: baselines only)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run every row per seed; mean ± spread")
     parser.add_argument(
         "--baselines", nargs="*", choices=sorted(BASELINES), default=None, help="baseline rows (default: all)"

@@ -186,3 +186,15 @@ def test_two_stage_second_stage_continues_the_single_run_batch_order():
     restarted = []  # the old second stage (a new shuffle) differs: the check can fail
     quality.fit(_tiny_bert(), task, cfg, 4, [_RecordBatches(restarted)], seed_offset=1)
     assert not all(torch.equal(a, b) for a, b in zip(single[2:], restarted))
+
+
+def test_no_methods_runs_the_baselines_only():
+    """``--methods`` with no names (``BenchConfig.methods=()``): baseline rows only; ``None`` means the defaults."""
+    torch.set_num_threads(1)
+    cfg = quality.BenchConfig(
+        steps=2, batch_size=8, sparsities=(0.5,), prune_at=0.5, taylor_batches=1, latency_repeats=1, methods=()
+    )
+    cfg.baselines = ("two-stage",)
+    rows = quality.run(_tiny_bert, _tiny_task(), cfg, log=lambda *_: None)
+    assert [r.kind for r in rows] == ["dense", "two-stage"]
+    assert quality.BenchConfig().methods is None
