@@ -222,24 +222,18 @@ class PruningConfig:
                 f"`flops_seq_len` must be >= 1, got {self.flops_seq_len}. HINT: the sequence length of your training "
                 "data (the default is 512)."
             )
-        for key, count in dict(self.keep_units).items():
+        self._check_per_structure("keep_units", 0, "a non-negative int (units to keep per row)")
+        self._check_per_structure("multiple_of", 1, "a positive int (e.g. 8, 32, 64)")
+
+    def _check_per_structure(self, field_name: str, minimum: int, what: str) -> None:
+        """A ``{structure: int}`` field: every key a gated structure, every value an int ``>= minimum``."""
+        for key, value in dict(getattr(self, field_name)).items():
             if key not in self.structures:
                 raise PruningConfigError(
-                    f"`keep_units` names {key!r}, which is not in `structures` {self.structures}; add it there."
+                    f"`{field_name}` names {key!r}, which is not in `structures` {self.structures}; add it there."
                 )
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise PruningConfigError(
-                    f"`keep_units[{key!r}]` must be a non-negative int (units to keep per row), got {count!r}."
-                )
-        for key, step in dict(self.multiple_of).items():
-            if key not in self.structures:
-                raise PruningConfigError(
-                    f"`multiple_of` names {key!r}, which is not in `structures` {self.structures}; add it there."
-                )
-            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-                raise PruningConfigError(
-                    f"`multiple_of[{key!r}]` must be a positive int (e.g. 8, 32, 64), got {step!r}."
-                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise PruningConfigError(f"`{field_name}[{key!r}]` must be {what}, got {value!r}.")
 
     # -- what a method decides -------------------------------------------------------------------
     def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:
