@@ -176,7 +176,6 @@ def fit(
     cfg: BenchConfig,
     steps: int,
     callbacks=(),
-    seed_offset: int = 0,
     teacher: SnapshotTeacher | None = None,
     skip_epochs: int = 0,
 ) -> nn.Module:
@@ -185,17 +184,15 @@ def fit(
     Every row cuts training into the same epochs of ``prune_at · steps`` batches (``ModelPruning`` acts at an epoch
     end), so every row sees the same batches in the same order. ``skip_epochs``: continue a run that already
     trained that many epochs: the batch order is the one a single run has from that epoch on, and the global RNG
-    (dropout) is not re-seeded but goes on from where the first run left it. The second stage of the two-stage
-    baseline uses it, so the whole pipeline sees the same batches as every other row (before session 10 it
-    started a new shuffle, ``seed_offset=1``).
+    (dropout) is not re-seeded but goes on from where the first run left it (:func:`fit_after_cut`).
     """
     import lightning as L
 
     if steps <= 0:
         return model
     if not skip_epochs:
-        L.seed_everything(cfg.seed + seed_offset, verbose=False)
-    order = torch.Generator().manual_seed(cfg.seed + seed_offset)  # batch order independent of the global RNG
+        L.seed_everything(cfg.seed, verbose=False)
+    order = torch.Generator().manual_seed(cfg.seed)  # batch order independent of the global RNG
     loader = torch.utils.data.DataLoader(
         task.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order
     )
@@ -204,6 +201,16 @@ def fit(
     trainer = quiet_trainer(steps, callbacks, limit_train_batches=max(1, int(cfg.steps * cfg.prune_at)))
     trainer.fit(_module(model, cfg.lr, teacher), loader)
     return model.eval()
+
+
+def fit_after_cut(
+    model: nn.Module, task: Task, cfg: BenchConfig, callbacks=(), teacher: SnapshotTeacher | None = None
+) -> nn.Module:
+    """The two-stage pipeline's second stage: the steps after the first ``prune_at · steps`` (one epoch of
+    :func:`fit`), in a new ``fit`` (a fresh optimizer) that continues the single run's batch order and RNG, so the
+    whole pipeline sees the same batches as every other row (before session 10 it started a new shuffle)."""
+    first = int(cfg.steps * cfg.prune_at)
+    return fit(model, task, cfg, cfg.steps - first, callbacks, teacher, skip_epochs=1 if first else 0)
 
 
 @torch.no_grad()
@@ -665,7 +672,7 @@ def torch_pruning_two_stage(
         attention.all_head_size = attention.query.out_features
     model.config.num_attention_heads = attentions[0].num_attention_heads
     model.config.intermediate_size = ffn_layers[0].out_features
-    return fit(model, task, cfg, cfg.steps - first, teacher=teacher, skip_epochs=1 if first else 0)
+    return fit_after_cut(model, task, cfg, teacher=teacher)
 
 
 def lightning_model_pruning(model: nn.Module, sparsity: float, task: Task, cfg: BenchConfig) -> nn.Module:

@@ -3,8 +3,8 @@
 ``--trace``: one L0 run with the callback, printing the schedule's target, the gates' expected sparsity, the exact
 sparsity of the deterministic masks and λ every 5 steps: whether the gates follow the target or the exact-target
 cut at the freeze does the pruning. ``--restart``: dense fine-tuning cut into two ``fit`` calls at the two-stage
-baseline's pruning step (a fresh optimizer and data order, no pruning): how much of two-stage's lead over dense
-is the restart.
+baseline's pruning step, as the baseline cuts it (``quality.fit_after_cut``: a fresh optimizer, the same batch
+order; no pruning): how much of two-stage's lead over dense is the restart.
 
     python benchmarks/quality_diagnostics.py --trace --quick --seed 2 --gate-lr 0.1 --lagrangian-lr 0.01
     python benchmarks/quality_diagnostics.py --restart --seed 0
@@ -57,7 +57,7 @@ def restart(cfg: q.BenchConfig, model_fn, task: q.Task) -> None:
     model = model_fn()
     first = int(cfg.steps * cfg.prune_at)
     q.fit(model, task, cfg, first)
-    q.fit(model, task, cfg, cfg.steps - first, seed_offset=1)
+    q.fit_after_cut(model, task, cfg)
     print(f"dense with a second fit at step {first} (seed {cfg.seed}): accuracy {q.accuracy(model, task.test):.3f}")
 
 
