@@ -38,10 +38,10 @@ import torch
 import transformers
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from typing_extensions import Unpack
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.integrations.driver import TrainingDriver
-from lightning_prune.integrations.facade import DriverFacade
+from lightning_prune.integrations.facade import DriverFacade, RunOptions
 from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, read_resume_record, write_resume_record
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
@@ -68,6 +68,8 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
 
     ``callback.driver`` is the :class:`~lightning_prune.integrations.driver.TrainingDriver` behind it (the same as
     :class:`~lightning_prune.PruningCallback`'s); the options below read and write its values.
+
+    The arguments after ``export_dir`` are keyword-only.
 
     Args:
         config: the method config, e.g. ``lightning_prune.L0Config(target_sparsity=0.5)``.
@@ -109,35 +111,10 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
     """
 
     def __init__(
-        self,
-        config: PruningConfig,
-        export_dir: str | Path | None = None,
-        dense_steps: int | None = None,
-        freeze_after_steps: int | None = None,
-        overwrite_export: bool = False,
-        plot: bool = True,
-        adapter: str | None = None,
-        seed: int | None = None,
-        log_stats: bool = True,
-        reset_optimizer_at_freeze: bool | None = None,
-        schedule: str = "auto",
+        self, config: PruningConfig, export_dir: str | Path | None = None, **options: Unpack[RunOptions]
     ) -> None:
-        self.driver = TrainingDriver(
-            config,
-            export_dir,
-            dense_steps,
-            freeze_after_steps,
-            seed,
-            adapter,
-            overwrite_export,
-            plot,
-            log_stats,
-            reset_optimizer_at_freeze,
-            schedule,
-            overwrite_hint="PruningTrainerCallback(..., overwrite_export=True)",
-            info=log.info,
-            warn=_warn,
-        )
+        overwrite_hint = "PruningTrainerCallback(..., overwrite_export=True)"
+        super().__init__(config, export_dir, options, overwrite_hint=overwrite_hint, info=log.info, warn=_warn)
 
     # -- wiring (called by PruningTrainer) -------------------------------------------------------------
     def attach(self, model: nn.Module, base_seed: int = 0, total_steps: int | None = None) -> Pruner:

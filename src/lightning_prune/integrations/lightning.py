@@ -34,11 +34,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from typing_extensions import override
+from typing_extensions import Unpack, override
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
-from lightning_prune.integrations.driver import TrainingDriver
-from lightning_prune.integrations.facade import DriverFacade
+from lightning_prune.integrations.facade import DriverFacade, RunOptions
 from lightning_prune.integrations.lightning_support import (
     InstancePatches,
     add_penalty,
@@ -81,6 +80,8 @@ class PruningCallback(Callback, DriverFacade):
     The gates stay attached after ``fit`` (``callback.pruner`` gives access to them). ``callback.driver`` is the
     :class:`~lightning_prune.integrations.driver.TrainingDriver` that runs the schedule, the optimizer groups and the
     export; the options below read and write its values.
+
+    The arguments after ``model_attribute`` are keyword-only.
 
     Args:
         config: the method config, e.g. ``lightning_prune.L0Config(target_sparsity=0.5)``.
@@ -143,39 +144,24 @@ class PruningCallback(Callback, DriverFacade):
         config: PruningConfig,
         export_dir: str | Path | None = None,
         model_attribute: str | None = None,
-        dense_steps: int | None = None,
-        freeze_after_steps: int | None = None,
-        overwrite_export: bool = False,
-        plot: bool = True,
-        adapter: str | None = None,
-        seed: int | None = None,
-        log_stats: bool = True,
+        *,
         prog_bar: bool = True,
         example_inputs: Any = None,
-        reset_optimizer_at_freeze: bool | None = None,
-        schedule: str = "auto",
+        **options: Unpack[RunOptions],
     ) -> None:
-        super().__init__()
         if model_attribute is not None and (not isinstance(model_attribute, str) or not model_attribute):
             raise PruningConfigError(
                 f"`model_attribute` must be a non-empty attribute name or None, got {model_attribute!r}."
             )
-        self.driver = TrainingDriver(
+        DriverFacade.__init__(
+            self,
             config,
             export_dir,
-            dense_steps,
-            freeze_after_steps,
-            seed,
-            adapter,
-            overwrite_export,
-            plot,
-            log_stats,
-            reset_optimizer_at_freeze,
-            schedule,
-            config_hint=" HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`.",
+            options,
             overwrite_hint=OVERWRITE_HINT,
             info=rank_zero_info,
             warn=rank_zero_warn,
+            config_hint=" HINT: in YAML give `class_path: lightning_prune.L0Config` and `init_args`.",
         )
         check_flag("prog_bar", prog_bar)
         self.prog_bar = prog_bar
