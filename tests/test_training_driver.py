@@ -195,3 +195,29 @@ def test_the_driver_imports_no_training_framework():
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         roots = {m.split(".")[0] for m in imported}
         assert not roots & {"lightning", "pytorch_lightning", "lightning_fabric", "transformers"}, (name, roots)
+
+
+@pytest.mark.parametrize("integration", ["lightning", "hf"])
+def test_callbacks_take_the_driver_options_once_and_forward_them(integration):
+    """Both callbacks take the options of ``RunOptions`` as keywords, keep them on their driver and read/write them
+    under their own name; an unknown or positional option is refused naming the callback."""
+    from lightning_prune.integrations.facade import RunOptions
+    from lightning_prune.integrations.hf_trainer import PruningTrainerCallback
+
+    cls = lp.PruningCallback if integration == "lightning" else PruningTrainerCallback
+    options = dict(dense_steps=DENSE, freeze_after_steps=FREEZE, seed=7, plot=False, schedule="manual")
+    assert set(options) <= set(RunOptions.__annotations__)
+    callback = cls(config(), None, **options)
+    for name, value in options.items():
+        assert getattr(callback.driver, name) == value and getattr(callback, name) == value
+    callback.dense_steps = 2  # an option written on the callback is the driver's
+    assert callback.driver.dense_steps == 2 and callback.phase_at(1) == "dense" and callback.phase_at(2) == "prune"
+    assert callback.pruner is None and callback.phase == callback.driver.phase
+    with pytest.raises(AttributeError, match="cannot be set"):
+        callback.pruner = None
+    with pytest.raises(TypeError, match=rf"{cls.__name__}\(\) got unexpected keyword argument\(s\) 'dense_step'.*"):
+        cls(config(), dense_step=3)
+    with pytest.raises(TypeError):  # options are keyword-only
+        cls(config(), None, None, 3)
+    with pytest.raises(AttributeError, match="no_such_option"):
+        callback.no_such_option  # noqa: B018
