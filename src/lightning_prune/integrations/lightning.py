@@ -46,10 +46,10 @@ from lightning_prune.integrations.lightning_support import (
     check_sharded,
     check_strategy,
     eval_mode_warning,
+    export_after_fit,
     find_model,
     known_total_steps,
-    log_kept_units_figure,
-    rescue_checkpoint,
+    log_statistics,
     the_optimizer,
 )
 from lightning_prune.integrations.resume import config_fingerprint  # noqa: F401  (imported from here before)
@@ -254,40 +254,12 @@ class PruningCallback(Callback, DriverFacade):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.driver.global_step = trainer.global_step
-        if not (self.log_stats or self.prog_bar):
-            return
-        connector = getattr(trainer, "_logger_connector", None)
-        if connector is not None and not (connector.should_update_logs or trainer.fast_dev_run):
-            return
-        stats = self.driver.statistics()
-        if self.log_stats:
-            metrics = self.driver.log_stats_dict(stats)
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=True, batch_size=1)
-        if self.prog_bar:  # what a user watches: where the masks are, where the schedule wants them, the pull of λ
-            bar = {"sparsity": stats["exact_sparsity"], "target": stats["target_sparsity"]}
-            if "lambda_1" in stats:
-                bar["λ1"] = stats["lambda_1"]
-            pl_module.log_dict(bar, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        log_statistics(trainer, pl_module, self.driver, self.log_stats, self.prog_bar)
 
     # -- export ----------------------------------------------------------------------------------------
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        warning = self.driver.finish(trainer.global_step)
-        if warning is not None:
-            rank_zero_warn(warning)
-
-        def rescue(error: Exception) -> Exception:
-            state = (self.state_key, self.state_dict())
-            return rescue_checkpoint(self.export_dir, pl_module, state, trainer.global_step, error)
-
-        plot_path, failure = self.driver.export(trainer.is_global_zero, rescue)
-        if trainer.is_global_zero and self.plot and failure is None:
-            log_kept_units_figure(trainer, self.pruner, plot_path)
-        trainer.strategy.barrier("lightning_prune.export")  # no rank leaves fit() before the export exists
-        if trainer.strategy.broadcast(failure is not None, src=0):  # every rank stops, none hangs at a barrier
-            if failure is not None:
-                raise failure
-            raise RuntimeError("lightning-prune: the export failed on rank 0 (see its error); nothing was exported.")
+        export_after_fit(trainer, pl_module, self.driver, lambda: (self.state_key, self.state_dict()))
 
     def export_checkpoint(
         self,

@@ -4,10 +4,11 @@ Finding the model inside a ``LightningModule`` (:func:`find_model`), the instanc
 (:class:`InstancePatches`), the penalty added to what its ``training_step`` returns (:func:`add_penalty`), checks of
 the module and its optimizer (:func:`check_automatic_optimization`, :func:`the_optimizer`,
 :func:`eval_mode_warning`), refusing strategies that would shard the gates (:func:`check_strategy`,
-:func:`check_sharded`), the run's length
-(:func:`known_total_steps`), the gate entries of a checkpoint's ``state_dict`` (:func:`check_gate_state`), the
-rescue checkpoint of a failed export (:func:`rescue_checkpoint`) and the kept-units heatmap for TensorBoard / wandb
-(:func:`log_kept_units_figure`). The framework-neutral part of the run is the
+:func:`check_sharded`), the run's length (:func:`known_total_steps`), the statistics for the loggers and the
+progress bar (:func:`log_statistics`), the gate entries of a checkpoint's ``state_dict`` (:func:`check_gate_state`),
+the export at the end of ``fit`` on every rank (:func:`export_after_fit`), the rescue checkpoint of a failed export
+(:func:`rescue_checkpoint`) and the kept-units heatmap for TensorBoard / wandb (:func:`log_kept_units_figure`).
+The framework-neutral part of the run is the
 :class:`~lightning_prune.integrations.driver.TrainingDriver`'s.
 """
 
@@ -25,6 +26,7 @@ from torch import nn
 from lightning_prune.adapters import resolve_adapter
 from lightning_prune.errors import PruningConfigError, UnsupportedModelError
 from lightning_prune.export.merge import unwrap_model
+from lightning_prune.integrations.driver import TrainingDriver
 from lightning_prune.integrations.fsdp import sharding_of
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
@@ -224,6 +226,49 @@ def check_gate_state(pl_module: nn.Module, checkpoint: Mapping[str, Any], saved:
             f"Use the pruning config (structures {saved.get('config', {}).get('structures', '?')}) it was "
             "trained with, or start a new run without `ckpt_path`."
         )
+
+
+def log_statistics(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, driver: TrainingDriver, log_stats: bool, prog_bar: bool
+) -> None:
+    """Log the driver's statistics under ``pruning/`` (``log_stats``) and show where the masks are, where the schedule
+    wants them and the pull of the first multiplier in the progress bar (``prog_bar``), on the steps Lightning logs."""
+    if not (log_stats or prog_bar):
+        return
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None and not (connector.should_update_logs or trainer.fast_dev_run):
+        return
+    stats = driver.statistics()
+    if log_stats:
+        pl_module.log_dict(driver.log_stats_dict(stats), on_step=True, on_epoch=False, logger=True, batch_size=1)
+    if prog_bar:
+        bar = {"sparsity": stats["exact_sparsity"], "target": stats["target_sparsity"]}
+        if "lambda_1" in stats:
+            bar["λ1"] = stats["lambda_1"]
+        pl_module.log_dict(bar, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+
+
+def export_after_fit(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, driver: TrainingDriver, callback_state: Callable[[], Any]
+) -> None:
+    """The end of ``fit`` on every rank: rank 0 exports (a failure saves a rescue checkpoint first, see
+    :func:`rescue_checkpoint`; ``callback_state`` gives the callback's ``(state_key, state_dict())``) and sends the
+    plot to the loggers; no rank leaves before the export exists, and every rank raises when it failed."""
+    warning = driver.finish(trainer.global_step)
+    if warning is not None:
+        driver.warn(warning)
+
+    def rescue(error: Exception) -> Exception:
+        return rescue_checkpoint(driver.export_dir, pl_module, callback_state(), trainer.global_step, error)
+
+    plot_path, failure = driver.export(trainer.is_global_zero, rescue)
+    if trainer.is_global_zero and driver.plot and failure is None:
+        log_kept_units_figure(trainer, driver.pruner, plot_path)
+    trainer.strategy.barrier("lightning_prune.export")
+    if trainer.strategy.broadcast(failure is not None, src=0):  # every rank stops, none hangs at a barrier
+        if failure is not None:
+            raise failure
+        raise RuntimeError("lightning-prune: the export failed on rank 0 (see its error); nothing was exported.")
 
 
 def rescue_checkpoint(
