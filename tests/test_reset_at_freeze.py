@@ -147,3 +147,22 @@ def test_ste_projection_through_the_plain_api():
     pruner.set_phase("frozen")
     after = float(pruner.cost.sparsity(pruner.deterministic_masks(), "params"))
     assert before == 0.0 and 0.4 <= after <= 0.41
+
+
+@pytest.mark.parametrize("integration", ["lightning", "hf"])
+def test_a_run_ending_at_the_freeze_exports_frozen_masks_in_both_integrations(integration, tmp_path, monkeypatch):
+    """``max_steps == freeze_after_steps``: no frozen step runs, but the run reached the freeze, so both integrations
+    freeze before the export (``config.on_freeze`` once, phase ``frozen``); they used to differ here."""
+    frozen_at = []
+    monkeypatch.setattr(lp.L0Config, "on_freeze", lambda self, pruner: frozen_at.append(pruner.phase))
+    if integration == "lightning":
+        callback = _callback()
+        trainer(FREEZE, [callback]).fit(lit_llama(), loader())
+    else:
+        callback = PruningTrainerCallback(config(), dense_steps=2, freeze_after_steps=FREEZE, plot=False)
+        args = hf_training_args(tmp_path, max_steps=FREEZE)
+        PruningTrainer(
+            model=tiny_causal_lm("llama").train(), args=args, train_dataset=hf_token_rows(), callbacks=[callback]
+        ).train()
+    assert len(frozen_at) == 1 and callback.phase == "frozen" and callback.pruner.phase == "frozen"
+    assert callback.pruner.pruning_step == callback.pruning_step_at(FREEZE)

@@ -46,7 +46,14 @@ from lightning_prune.integrations.optim import (
     set_group_learning_rates_,
 )
 from lightning_prune.integrations.resume import config_mismatch, gate_shapes, run_record
-from lightning_prune.integrations.schedule import PHASE_INDEX, PhaseSchedule, check_flag, is_int, sampling_seed
+from lightning_prune.integrations.schedule import (
+    PHASE_INDEX,
+    PhaseSchedule,
+    check_flag,
+    freeze_lag_warning,
+    is_int,
+    sampling_seed,
+)
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
 
@@ -216,27 +223,8 @@ class TrainingDriver(PhaseSchedule):
             self.info(f"lightning-prune: masks frozen; optimizer state of {cleared} parameters reset")
 
     def freeze_lag_warning(self) -> str | None:
-        """A warning when hard-concrete gates freeze far from the target (``None`` otherwise).
-
-        The deterministic masks always meet the target exactly (the exact-target cut), so the progress bar's
-        ``sparsity`` looks right even when the gates never closed; the expected sparsity tells whether the run
-        learned which units to drop or the cut removed them in one step at the freeze (issue #18's diagnosis).
-        """
-        pruner = self._pruner
-        if pruner is None or getattr(pruner.config, "gate_kind", None) != "hard_concrete":
-            return None
-        with torch.no_grad():  # a number to report, not a graph (and no "requires_grad to scalar" warning)
-            expected = float(pruner.expected_sparsity())
-        target = float(pruner.current_target())
-        if target - expected <= self.FREEZE_LAG:
-            return None
-        return (
-            f"lightning-prune: the masks froze with the gates' expected sparsity at {expected:.2f} while the target is "
-            f"{target:.2f}: the exact-target cut removed the missing {target - expected:.0%} in one step, so the run "
-            "did not learn which units to drop. Raise `gate_lr` and `lagrangian_lr` (0.5 each in "
-            "`lightning_prune.recipes.l0`), lengthen the pruning phase (`freeze_after_steps`) or shorten "
-            "`warmup_steps`."
-        )
+        """:func:`~lightning_prune.integrations.schedule.freeze_lag_warning` for this run (``FREEZE_LAG``)."""
+        return None if self._pruner is None else freeze_lag_warning(self._pruner, self.FREEZE_LAG)
 
     # -- optimizer ------------------------------------------------------------------------------------------------
     def hook_optimizer(self, optimizer: torch.optim.Optimizer, schedulers: Iterable[Any] = ()) -> None:
@@ -305,7 +293,11 @@ class TrainingDriver(PhaseSchedule):
 
     def finish(self, global_step: int) -> str | None:
         """End of training after ``global_step`` optimizer steps: stop sampling and set the pruning step the export
-        reads. Returns a warning when the run ended in the dense phase (its export is the dense model)."""
+        reads. A run that reached ``freeze_after_steps`` from the ``prune`` phase freezes first (lag warning,
+        ``config.on_freeze``), even when no frozen step followed, so every integration exports the same masks.
+        Returns a warning when the run ended in the dense phase (its export is the dense model)."""
+        if self._phase == "prune" and self.phase_at(global_step) == "frozen":
+            self.set_step(global_step)
         self.global_step = global_step
         self._pruner.sample_seed = None
         self._pruner.pruning_step = self.pruning_step_at(global_step)

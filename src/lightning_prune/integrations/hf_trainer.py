@@ -198,9 +198,6 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        # the phase of `global_step` itself, so a run ending at `freeze_after_steps` freezes before the export (the
-        # Lightning callback exports in the phase of the last step taken)
-        self.set_step(state.global_step)
         warning = self.driver.finish(state.global_step)
         if warning is not None:
             log.warning(warning)

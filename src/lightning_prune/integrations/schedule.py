@@ -3,7 +3,8 @@
 :class:`PhaseSchedule` is the arithmetic half of :class:`~lightning_prune.integrations.driver.TrainingDriver`
 (which every integration wraps): ``dense`` for the first ``dense_steps`` optimizer steps, ``prune`` until
 ``freeze_after_steps``, then ``frozen``, and the ``schedule="auto"`` resolution of those steps from the run's
-length. It holds no pruner, no optimizer and imports neither Lightning nor ``transformers``.
+length. It holds no pruner, no optimizer and imports neither Lightning nor ``transformers``. What the freeze says
+when the gates lag the target is :func:`freeze_lag_warning`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from lightning_prune.errors import PruningConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
+
+    from lightning_prune.pruner import Pruner
 
 PHASE_INDEX = {"dense": 0, "prune": 1, "frozen": 2}
 #: Values of the integrations' ``schedule`` argument.
@@ -185,3 +190,26 @@ class PhaseSchedule:
         """Pruning steps taken before ``global_step``: it drives the target warm-up and stops when frozen."""
         end = global_step if self.freeze_after_steps is None else min(global_step, self.freeze_after_steps)
         return max(0, end - self.dense_steps)
+
+
+def freeze_lag_warning(pruner: Pruner, lag: float) -> str | None:
+    """A warning when hard-concrete gates freeze more than ``lag`` (absolute sparsity) short of the target.
+
+    The deterministic masks always meet the target exactly (the exact-target cut), so the progress bar's
+    ``sparsity`` looks right even when the gates never closed; the expected sparsity tells whether the run
+    learned which units to drop or the cut removed them in one step at the freeze (issue #18's diagnosis).
+    """
+    if getattr(pruner.config, "gate_kind", None) != "hard_concrete":
+        return None
+    with torch.no_grad():  # a number to report, not a graph (and no "requires_grad to scalar" warning)
+        expected = float(pruner.expected_sparsity())
+    target = float(pruner.current_target())
+    if target - expected <= lag:
+        return None
+    return (
+        f"lightning-prune: the masks froze with the gates' expected sparsity at {expected:.2f} while the target is "
+        f"{target:.2f}: the exact-target cut removed the missing {target - expected:.0%} in one step, so the run "
+        "did not learn which units to drop. Raise `gate_lr` and `lagrangian_lr` (0.5 each in "
+        "`lightning_prune.recipes.l0`), lengthen the pruning phase (`freeze_after_steps`) or shorten "
+        "`warmup_steps`."
+    )
