@@ -90,14 +90,18 @@ def test_plain_api_export_in_the_dense_phase_is_the_dense_model(caplog):
         assert torch.allclose(compact(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
 
 
-def test_hf_trainer_warns_and_exports_the_dense_model(tmp_path, caplog):
+@pytest.mark.parametrize("max_steps", [4, 10])
+def test_hf_trainer_warns_and_exports_the_dense_model(tmp_path, caplog, max_steps):
+    """Also when the run ends exactly at ``dense_steps`` (it used to enter the prune phase at the end and export masks
+    of gates that never trained)."""
     model = tiny_causal_lm("llama").train()
     callback = PruningTrainerCallback(lp.L0Config(**CONVERGING), export_dir=tmp_path / "compact", dense_steps=10)
     hf = PruningTrainer(
-        model=model, args=training_args(tmp_path, max_steps=4), train_dataset=MotifTokens(), callbacks=[callback]
+        model=model, args=training_args(tmp_path, max_steps=max_steps), train_dataset=MotifTokens(), callbacks=[callback]
     )
     with caplog.at_level(logging.WARNING, logger="lightning_prune"):
         hf.train()
-    assert "`max_steps`=4 <= `dense_steps`=10" in caplog.text
+    assert f"`max_steps`={max_steps} <= `dense_steps`=10" in caplog.text
+    assert "ended in the dense phase" in caplog.text and callback.phase == "dense"
     report = callback.pruner.last_report
     assert report.params_after == report.params_before and report.max_abs_diff <= 1e-4 * report.reference_scale
