@@ -13,7 +13,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, block_structures, output_tensor
+from lightning_prune.adapters.base import (
+    MaskSource,
+    ModelAdapter,
+    base_layer,
+    block_structures,
+    output_tensor,
+    require_config,
+)
 from lightning_prune.adapters.llama.config import (
     _REQUIRED_CONFIG,
     LLAMA_FAMILIES,
@@ -66,9 +73,7 @@ class LlamaAdapter(ModelAdapter):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         config = model.config
-        missing = [k for k in _REQUIRED_CONFIG if getattr(config, k, None) is None]
-        if missing:
-            raise UnsupportedModelError(f"The model's config lacks {missing}; the Llama adapter needs them.")
+        require_config(config, _REQUIRED_CONFIG, "Llama")
         self.family = config.model_type
         class_prefix = self.families[self.family]
         self.kind = model_kind(model, class_prefix, self.kinds)
