@@ -1,7 +1,7 @@
 """The BERT adapter class: reads the encoder's config and layout and checks that it can prune it.
 
-What it computes is in the modules beside it: the cost terms (:mod:`.cost_terms`), the mask hooks (:mod:`.hooks`)
-and the state-dict surgery of the export (:mod:`.surgery`).
+What it computes is in the modules beside it (:mod:`lightning_prune.adapters` lists them); what it shares with the
+other LayerNorm family is in :mod:`lightning_prune.adapters.transformer`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from lightning_prune.errors import UnsupportedModelError
 
 class BertAdapter(TransformerAdapter):
     """Adapter for ``Bert*`` / ``Roberta*`` ``Model`` and ``ForSequenceClassification`` (post-norm encoders).
-
-    Args:
-        model: the Hugging Face model (with any peft LoRA layers already injected).
 
     Raises:
         UnsupportedModelError: the model is a decoder / has cross-attention, is quantized, or is a head
