@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.cost import CostTerm, Dim
+from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
 
 
@@ -81,6 +82,18 @@ def plain_parameter_sizes(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def require_config(config: Any, fields: tuple[str, ...], adapter: str) -> None:
+    """Refuse a config without one of ``fields`` (``None`` counts as missing) before the ``adapter`` adapter reads its
+    sizes from it, so that a config it cannot read fails with the fields named rather than in some size computation.
+
+    Raises:
+        UnsupportedModelError: fields are missing.
+    """
+    missing = [k for k in fields if getattr(config, k, None) is None]
+    if missing:
+        raise UnsupportedModelError(f"The model's config lacks {missing}; the {adapter} adapter needs them.")
+
+
 def check_prunable_weights(model: nn.Module) -> None:
     """Refuse models whose weights the export cannot slice and merge exactly, before any gate is attached.
 
@@ -94,7 +107,6 @@ def check_prunable_weights(model: nn.Module) -> None:
             ``lora_bias`` without a base bias; see :func:`lightning_prune.peft_tuners.check_tuners`).
     """
     from lightning_prune.adapters.quantization import DEQUANTIZED_ON_LOAD, find_quantized_weight, quantization_method
-    from lightning_prune.errors import UnsupportedModelError
     from lightning_prune.peft_tuners import check_tuners
 
     method = quantization_method(model)

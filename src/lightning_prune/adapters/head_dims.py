@@ -21,12 +21,17 @@ Where the ``qk_dims`` mask acts in the forward (hooks, so peft LoRA wrappers kee
   ``c = sqrt(head_dim / kept dims)`` equals the compact model's norm over the kept dims (same weight slice, same
   eps) exactly, and its output is 0 at pruned dims. Exports then need binary masks.
 
+The family's adapter names these sites (the Llama family reads them off its layer table,
+:data:`~lightning_prune.adapters.llama.layout.LLAMA_LAYER`); the hooks here know no module names.
+
 The compact layout of a head's kept q/k dims is ``[kept first halves, their partner second halves]``, so the
 compact ``rotate_half`` pairs the same dims; the compact attention reads the rotary ``cos``/``sin`` at those
 indices (:func:`qk_dim_index`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,6 +40,8 @@ from torch.utils.hooks import RemovableHandle
 from lightning_prune.adapters.base import MaskSource
 
 Hooks = list[tuple[str, nn.Module, RemovableHandle]]
+#: ``(module path, module)``: where a hook acts
+Site = tuple[str, nn.Module]
 
 
 def pair_units(head_dim: int) -> torch.Tensor:
@@ -56,19 +63,23 @@ def install_head_dim_hooks(
     source: MaskSource,
     structures: set[str],
     layer: int,
-    base: str,
-    attn: nn.Module,
     head_dim: int,
+    qk_outputs: Sequence[Site],
+    qk_norms: Sequence[Site],
+    v_input: Site,
 ) -> Hooks:
-    """Hooks of ``qk_dims`` / ``v_dims`` for one attention block.
+    """Hooks of ``qk_dims`` / ``v_dims`` for one attention block, at the sites the family's layout names (each
+    ``(module path, module)``), so that this module knows no family's module names.
 
     Args:
         source: where masks come from (the pruner).
         structures: the gated structures.
         layer: the block's row in the per-layer structures.
-        base: module path of the attention block (``"model.layers.3.self_attn"``).
-        attn: the attention block (``q_proj`` … ``o_proj``, optionally ``q_norm`` / ``k_norm``).
         head_dim: the original head dim.
+        qk_outputs: the projections whose outputs are the q and k heads, before RoPE (``q_proj``, ``k_proj``).
+        qk_norms: the RMSNorms over ``head_dim`` on q and k (Qwen3's ``q_norm``, ``k_norm``); empty when the model
+            has none. When given, ``qk_dims`` acts at them instead of at ``qk_outputs``.
+        v_input: the projection whose input is every query head's values (``o_proj``).
     """
     hooks: Hooks = []
 
@@ -80,7 +91,7 @@ def install_head_dim_hooks(
     if "qk_dims" in structures:
         source.derive(f"qk_pairs.{layer}", pair_factor)
 
-    if "qk_dims" in structures and getattr(attn, "q_norm", None) is not None:
+    if "qk_dims" in structures and qk_norms:
 
         def norm_scale() -> torch.Tensor | None:
             m = source.mask("qk_dims")
@@ -100,10 +111,9 @@ def install_head_dim_hooks(
             scale = source.cached(f"qk_norm_scale.{layer}")
             return output if scale is None else source.multiply(output, 1.0 / scale)
 
-        for name in ("q_norm", "k_norm"):
-            norm = getattr(attn, name)
-            hooks.append((f"{base}.{name}", norm, norm.register_forward_pre_hook(norm_pre_hook)))
-            hooks.append((f"{base}.{name}", norm, norm.register_forward_hook(norm_post_hook)))
+        for path, norm in qk_norms:
+            hooks.append((path, norm, norm.register_forward_pre_hook(norm_pre_hook)))
+            hooks.append((path, norm, norm.register_forward_hook(norm_post_hook)))
     elif "qk_dims" in structures:
 
         def qk_hook(module, args, output):
@@ -112,9 +122,8 @@ def install_head_dim_hooks(
             heads = output.view(*output.shape[:-1], -1, head_dim)  # (..., heads, head_dim)
             return source.multiply(heads, factor).view_as(output)
 
-        for name in ("q_proj", "k_proj"):
-            proj = getattr(attn, name)
-            hooks.append((f"{base}.{name}", proj, proj.register_forward_hook(qk_hook)))
+        for path, proj in qk_outputs:
+            hooks.append((path, proj, proj.register_forward_hook(qk_hook)))
 
     if "v_dims" in structures:
 
@@ -122,9 +131,10 @@ def install_head_dim_hooks(
             m = source.mask("v_dims")
             if m is None or not _merged(source):
                 return None
-            x = args[0]  # (..., num_heads · head_dim): o_proj's input, every query head's values
+            x = args[0]  # (..., num_heads · head_dim): every query head's values
             masked = source.multiply(x.view(*x.shape[:-1], -1, head_dim), m[layer])
             return (masked.view_as(x),) + tuple(args[1:])
 
-        hooks.append((f"{base}.o_proj", attn.o_proj, attn.o_proj.register_forward_pre_hook(v_pre_hook)))
+        path, proj = v_input
+        hooks.append((path, proj, proj.register_forward_pre_hook(v_pre_hook)))
     return hooks

@@ -23,6 +23,12 @@ if TYPE_CHECKING:  # pragma: no cover
 Hooks = list[tuple[str, nn.Module, RemovableHandle]]
 
 
+def layer_sites(layer: nn.Module, base: str, paths: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    """``(module path, module)`` of each of ``paths`` in ``layer``, the layer's path being ``base`` (with its dot):
+    the sites a family's layout names, as the hook installers take them."""
+    return [(f"{base}{path}", layer.get_submodule(path)) for path in paths]
+
+
 def install_block_hooks(
     source: MaskSource,
     structures: set[str],
@@ -121,16 +127,8 @@ def install_transformer_hooks(adapter: TransformerAdapter, source: MaskSource, s
     if "hidden" in structures:
         hooks += install_layer_norm_hooks(source, [(f"{p}{name}", norm) for name, norm in adapter.layer_norms()])
     for l, layer in enumerate(adapter.layers):
-        base = f"{p}{layout.layers}.{l}."
-        hooks += install_block_hooks(
-            source,
-            structures,
-            l,
-            attn_out=(f"{base}{layout.attn_out}", layer.get_submodule(layout.attn_out)),
-            mlp_out=(f"{base}{layout.mlp_out}", layer.get_submodule(layout.mlp_out)),
-            head_units=adapter.num_heads,
-            head_width=adapter.head_dim,
-        )
+        attn_out, mlp_out = layer_sites(layer, f"{p}{layout.layers}.{l}.", (layout.attn_out, layout.mlp_out))
+        hooks += install_block_hooks(source, structures, l, attn_out, mlp_out, adapter.num_heads, adapter.head_dim)
     return hooks
 
 

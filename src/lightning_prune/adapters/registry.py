@@ -57,12 +57,17 @@ def register_family(
     package_file: str,
     kinds: tuple[str, ...],
     nominal_config: NominalConfig,
-    template_names: tuple[str, str],
 ) -> None:
     """Register a transformers family's package: the per-layer export classes of every model type in ``families``
-    (rendered from the ``modeling_per_layer.py`` beside ``package_file``, written with ``template_names``; see
-    :func:`~lightning_prune.export.per_layer.register_per_layer_families`), then its adapter as ``name``."""
+    (rendered from the ``modeling_per_layer.py`` beside ``package_file``; see
+    :func:`~lightning_prune.export.per_layer.register_per_layer_families`), then its adapter as ``name``.
+
+    ``name`` is also the model type whose transformers module the template is written as (class-name prefix
+    ``families[name]``, module ``transformers.models.<name>``): rendering for another model type of ``families``
+    replaces those two names.
+    """
     template = str(Path(package_file).with_name("modeling_per_layer.py"))
+    template_names = (families[name], name)
     register_per_layer_families(families, template, kinds, nominal_config, template_names=template_names)
     register_adapter(name)(adapter)
 

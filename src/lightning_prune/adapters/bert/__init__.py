@@ -21,10 +21,8 @@ Exports are standard ``Bert*``/``Roberta*`` models when the standard config can 
 FFN pruning; ``hidden_size / num_attention_heads`` must stay the original head size and the pooler must
 stay square), and per-layer classes (:mod:`.modeling_per_layer`) otherwise.
 
-The package: :mod:`.adapter` (the adapter class), :mod:`.config`, :mod:`.cost_terms`, :mod:`.hooks`,
-:mod:`.surgery` (the export's state-dict surgery), :mod:`.modeling_per_layer` (the per-layer classes of the
-export, a template for every model type of the family). Importing it registers the adapter as ``"bert"`` and the
-per-layer export of every model type in :data:`BERT_FAMILIES`.
+The package has the modules of every transformers family (:mod:`lightning_prune.adapters`); importing it registers
+the adapter as ``"bert"`` and the per-layer export of every model type in :data:`BERT_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -34,6 +32,6 @@ from lightning_prune.adapters.bert.config import _SUPPORTED_KINDS, BERT_FAMILIES
 from lightning_prune.adapters.norms import masked_layer_norm
 from lightning_prune.adapters.registry import register_family
 
-register_family("bert", BertAdapter, BERT_FAMILIES, __file__, _SUPPORTED_KINDS, _per_layer_config, ("Bert", "bert"))
+register_family("bert", BertAdapter, BERT_FAMILIES, __file__, _SUPPORTED_KINDS, _per_layer_config)
 
 __all__ = ["BERT_FAMILIES", "BertAdapter", "masked_layer_norm"]

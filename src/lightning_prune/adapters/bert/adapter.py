@@ -1,7 +1,7 @@
 """The BERT adapter class: reads the encoder's config and layout and checks that it can prune it.
 
-What it computes is in the modules beside it: the cost terms (:mod:`.cost_terms`), the mask hooks (:mod:`.hooks`)
-and the state-dict surgery of the export (:mod:`.surgery`).
+What it computes is in the modules beside it (:mod:`lightning_prune.adapters` lists them); what it shares with the
+other LayerNorm family is in :mod:`lightning_prune.adapters.transformer`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.adapters.base import base_layer
+from lightning_prune.adapters.base import base_layer, require_config
 from lightning_prune.adapters.bert.config import _REQUIRED_CONFIG, _SUPPORTED_KINDS, BERT_FAMILIES
 from lightning_prune.adapters.bert.cost_terms import bert_cost_terms
 from lightning_prune.adapters.bert.hooks import install_bert_hooks
@@ -22,9 +22,6 @@ from lightning_prune.errors import UnsupportedModelError
 
 class BertAdapter(TransformerAdapter):
     """Adapter for ``Bert*`` / ``Roberta*`` ``Model`` and ``ForSequenceClassification`` (post-norm encoders).
-
-    Args:
-        model: the Hugging Face model (with any peft LoRA layers already injected).
 
     Raises:
         UnsupportedModelError: the model is a decoder / has cross-attention, is quantized, or is a head
@@ -50,9 +47,7 @@ class BertAdapter(TransformerAdapter):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         config = model.config
-        missing = [k for k in _REQUIRED_CONFIG if getattr(config, k, None) is None]
-        if missing:
-            raise UnsupportedModelError(f"The model's config lacks {missing}; the BERT adapter needs them.")
+        require_config(config, _REQUIRED_CONFIG, "BERT")
         cls_name = type(model).__name__
         prefix = BERT_FAMILIES.get(getattr(config, "model_type", None), "")
         names = {cls.__name__ for cls in type(model).__mro__}  # BertModel or a subclass; not BertLMHeadModel

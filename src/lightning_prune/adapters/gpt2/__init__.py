@@ -21,10 +21,8 @@ Exports are standard ``GPT2*`` models when ``GPT2Config`` can express them (the 
 in every layer, ``n_embd / n_head`` equal to the original head size), and per-layer classes
 (:mod:`.modeling_per_layer`) otherwise.
 
-The package: :mod:`.adapter` (the adapter class), :mod:`.config`, :mod:`.cost_terms`, :mod:`.hooks`,
-:mod:`.surgery` (the export's state-dict surgery), :mod:`.modeling_per_layer` (the per-layer classes of the
-export, a template for every model type of the family). Importing it registers the adapter as ``"gpt2"`` and the
-per-layer export of every model type in :data:`GPT2_FAMILIES`.
+The package has the modules of every transformers family (:mod:`lightning_prune.adapters`); importing it registers
+the adapter as ``"gpt2"`` and the per-layer export of every model type in :data:`GPT2_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -34,6 +32,6 @@ from lightning_prune.adapters.gpt2.config import _PER_LAYER_KINDS, GPT2_FAMILIES
 from lightning_prune.adapters.norms import masked_layer_norm
 from lightning_prune.adapters.registry import register_family
 
-register_family("gpt2", GPT2Adapter, GPT2_FAMILIES, __file__, _PER_LAYER_KINDS, _per_layer_config, ("GPT2", "gpt2"))
+register_family("gpt2", GPT2Adapter, GPT2_FAMILIES, __file__, _PER_LAYER_KINDS, _per_layer_config)
 
 __all__ = ["GPT2_FAMILIES", "GPT2Adapter", "masked_layer_norm"]

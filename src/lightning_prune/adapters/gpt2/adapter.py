@@ -1,7 +1,7 @@
 """The GPT-2 adapter class: reads the model's config and layout and checks that it can prune it.
 
-What it computes is in the modules beside it: the cost terms (:mod:`.cost_terms`), the mask hooks (:mod:`.hooks`)
-and the state-dict surgery of the export (:mod:`.surgery`).
+What it computes is in the modules beside it (:mod:`lightning_prune.adapters` lists them); what it shares with the
+other LayerNorm family is in :mod:`lightning_prune.adapters.transformer`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from lightning_prune.errors import UnsupportedModelError
 
 class GPT2Adapter(TransformerAdapter):
     """Adapter for ``GPT2LMHeadModel``, ``GPT2Model`` and ``GPT2ForSequenceClassification``.
-
-    Args:
-        model: the Hugging Face model (with any peft LoRA layers already injected).
 
     Raises:
         UnsupportedModelError: another GPT-2 head class (``GPT2DoubleHeadsModel``, ...), cross-attention,

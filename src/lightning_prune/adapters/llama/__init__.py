@@ -16,11 +16,9 @@ a hook on a LoRA-wrapped projection masks the merged ``(W + BA)`` path, which is
 * ``qk_dims`` / ``v_dims``: dims inside every head of a layer (ATP's K/Q mask over RoPE pairs and V mask), see
   :mod:`lightning_prune.adapters.head_dims`. Their exports always use the per-layer classes.
 
-The package: :mod:`.adapter` (the adapter class), :mod:`.config` (model types, head kinds, configs), :mod:`.layout`
-(the layer table the next three read), :mod:`.cost_terms`, :mod:`.hooks`, :mod:`.surgery` (the export's state-dict
-surgery), :mod:`.modeling_per_layer`
-(the per-layer classes of the export, a template for every model type of the family). Importing it registers the
-adapter as ``"llama"`` and the per-layer export of every model type in :data:`LLAMA_FAMILIES`.
+The package has the modules of every transformers family (:mod:`lightning_prune.adapters`) and :mod:`.layout`, the
+layer table that its cost terms, hooks and surgery read; importing it registers the adapter as ``"llama"`` and the
+per-layer export of every model type in :data:`LLAMA_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -35,8 +33,6 @@ from lightning_prune.adapters.llama.config import (
 )
 from lightning_prune.adapters.registry import register_family
 
-register_family(
-    "llama", LlamaAdapter, LLAMA_FAMILIES, __file__, tuple(SUPPORTED_KINDS), _per_layer_config, ("Llama", "llama")
-)
+register_family("llama", LlamaAdapter, LLAMA_FAMILIES, __file__, tuple(SUPPORTED_KINDS), _per_layer_config)
 
 __all__ = ["LLAMA_FAMILIES", "SUPPORTED_KINDS", "LlamaAdapter", "layer_shape_summary", "model_kind"]

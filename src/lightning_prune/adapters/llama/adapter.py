@@ -13,7 +13,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, block_structures, output_tensor
+from lightning_prune.adapters.base import (
+    MaskSource,
+    ModelAdapter,
+    base_layer,
+    block_structures,
+    output_tensor,
+    require_config,
+)
 from lightning_prune.adapters.llama.config import (
     _REQUIRED_CONFIG,
     LLAMA_FAMILIES,
@@ -23,13 +30,21 @@ from lightning_prune.adapters.llama.config import (
 )
 from lightning_prune.adapters.llama.cost_terms import llama_cost_terms
 from lightning_prune.adapters.llama.hooks import install_llama_hooks
-from lightning_prune.adapters.llama.layout import layer_projections
+from lightning_prune.adapters.llama.layout import QK_NORMS, layer_projections, stacked_rows
 from lightning_prune.adapters.llama.surgery import build_llama_compact
 from lightning_prune.adapters.quantization import plain_config_dict
 from lightning_prune.cost import CostTerm
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.ops import set_kept_count
 from lightning_prune.structures import StructureSpec
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    """``module.get_submodule(path)``, or ``None`` where the model has no such module (Llama has no q/k norms)."""
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 class LlamaAdapter(ModelAdapter):
@@ -58,9 +73,7 @@ class LlamaAdapter(ModelAdapter):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         config = model.config
-        missing = [k for k in _REQUIRED_CONFIG if getattr(config, k, None) is None]
-        if missing:
-            raise UnsupportedModelError(f"The model's config lacks {missing}; the Llama adapter needs them.")
+        require_config(config, _REQUIRED_CONFIG, "Llama")
         self.family = config.model_type
         class_prefix = self.families[self.family]
         self.kind = model_kind(model, class_prefix, self.kinds)
@@ -85,7 +98,7 @@ class LlamaAdapter(ModelAdapter):
         self.n_rep = self.num_heads // self.num_kv_heads
         self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
         #: Qwen3-style RMSNorms over head_dim on q and k (the qk_dims hooks then act at the norms)
-        self.qk_norms = getattr(self.layers[0].self_attn, "q_norm", None) is not None
+        self.qk_norms = all(_submodule(self.layers[0], path) is not None for path in QK_NORMS)
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
         for path in layer_projections(self.fused_parts):  # each an nn.Linear (or a peft wrapper around one)
@@ -117,8 +130,9 @@ class LlamaAdapter(ModelAdapter):
         )
 
     def projection_rows(self) -> dict[str, tuple[int, str]]:
-        """The output rows the config implies for projections of a layer (checked at attach), with how they follow."""
-        return {"self_attn.q_proj": (self.num_heads * self.head_dim, "num_attention_heads*head_dim")}
+        """The output rows the config implies for projections of a layer (checked at attach), with how they follow:
+        ``q_proj``'s, which the head layout read from the config sets (:func:`~.layout.stacked_rows`)."""
+        return {"self_attn.q_proj": stacked_rows(self, ("self_attn.q_proj",))}
 
     # -- structures and costs ----------------------------------------------------------------------
     def structures(self) -> dict[str, StructureSpec]:

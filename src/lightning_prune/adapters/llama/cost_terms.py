@@ -53,8 +53,8 @@ def llama_cost_terms(adapter: LlamaAdapter, flops_seq_len: int) -> list[CostTerm
             terms.append(CostTerm(f"layers.{l}.self_attn.{name}", dim, seq, gate, False, True, False, 2.0))
         if adapter.qk_norms:  # Qwen3's q/k RMSNorms over head_dim keep the kept q/k dims only
             for norm in QK_NORMS:
-                terms.append(CostTerm(f"layers.{l}.self_attn.{norm}", Dim(adapter.head_dim, "qk_dims", l, 2)))
-                covered.add(f"{base}self_attn.{norm}.weight")
+                terms.append(CostTerm(f"layers.{l}.{norm}", Dim(adapter.head_dim, "qk_dims", l, 2)))
+                covered.add(f"{base}{norm}.weight")
         terms += _projection_terms(adapter, layer, l, "mlp", home, covered)
         for norm in LAYER_NORMS:
             terms.append(CostTerm(f"layers.{l}.{norm}", hidden))

@@ -4,8 +4,9 @@
 dims); ``qk_dims`` / ``v_dims`` inside the attention (:mod:`lightning_prune.adapters.head_dims`); ``heads``, ``ffn``
 and the block gates at the output projections (:func:`~lightning_prune.adapters.hooks.install_block_hooks`), which
 :func:`~lightning_prune.adapters.llama.layout.block_output` finds in the layer table. The ``qk_dims`` / ``v_dims``
-hooks keep their own code: they act inside the attention (pre-RoPE q/k outputs, the q/k norms, ``o_proj``'s input),
-shared with any RoPE family.
+hooks are family-neutral code that acts inside the attention, at sites the layer table names too
+(:data:`~lightning_prune.adapters.llama.layout.QK_OUTPUTS`, ``QK_NORMS``, ``V_INPUT``: the pre-RoPE q/k outputs or
+Qwen3's q/k norms, ``o_proj``'s input).
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import MaskSource
 from lightning_prune.adapters.head_dims import install_head_dim_hooks
-from lightning_prune.adapters.hooks import install_block_hooks
-from lightning_prune.adapters.llama.layout import LAYER_NORMS, block_output, unit_width
+from lightning_prune.adapters.hooks import install_block_hooks, layer_sites
+from lightning_prune.adapters.llama.layout import (
+    LAYER_NORMS,
+    QK_NORMS,
+    QK_OUTPUTS,
+    V_INPUT,
+    block_output,
+    unit_width,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_prune.adapters.llama.adapter import LlamaAdapter
@@ -72,17 +80,17 @@ def install_llama_hooks(
 
     # heads, ffn and the block gates act at each block's write (the input of o_proj / down_proj carries the units)
     attn_out, mlp_out = block_output("self_attn"), block_output("mlp")
+    head_units, head_width = adapter.num_kv_heads, unit_width(adapter, attn_out.inp)
+    # only resolved when gated: Phi-3 (fused qkv_proj, no q_proj / k_proj) refuses qk_dims and v_dims at attach
+    head_dims = bool(structures & {"qk_dims", "v_dims"})
     for l, layer in enumerate(adapter.layers):
         base = f"{p}layers.{l}."
-        hooks += install_head_dim_hooks(source, structures, l, f"{base}self_attn", layer.self_attn, adapter.head_dim)
-        hooks += install_block_hooks(
-            source,
-            structures,
-            l,
-            attn_out=(f"{base}{attn_out.path}", layer.get_submodule(attn_out.path)),
-            mlp_out=(f"{base}{mlp_out.path}", layer.get_submodule(mlp_out.path)),
-            head_units=adapter.num_kv_heads,
-            head_width=unit_width(adapter, attn_out.inp),
-            hidden_on_writes=False,  # masked at the norms' inputs instead (above)
-        )
+        if head_dims:
+            qk_outputs = layer_sites(layer, base, QK_OUTPUTS)
+            qk_norms = layer_sites(layer, base, QK_NORMS) if adapter.qk_norms else []
+            (v_input,) = layer_sites(layer, base, (V_INPUT,))
+            hooks += install_head_dim_hooks(source, structures, l, adapter.head_dim, qk_outputs, qk_norms, v_input)
+        attn, mlp = layer_sites(layer, base, (attn_out.path, mlp_out.path))
+        # hidden is masked at the norms' inputs instead (above), not on the blocks' writes
+        hooks += install_block_hooks(source, structures, l, attn, mlp, head_units, head_width, hidden_on_writes=False)
     return hooks

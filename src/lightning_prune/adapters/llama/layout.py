@@ -11,6 +11,7 @@ The table holds no sizes; they come from the adapter (``head_dim``, ``num_heads`
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,8 +78,14 @@ LLAMA_LAYER: tuple[Projection, ...] = (
 #: The attention's FLOPs without parameters: the scores read every query head's q/k dims, the weighted sum writes
 #: every query head's value dims (``2 · T`` per dim and token each).
 ATTENTION_FLOPS: tuple[tuple[str, Axis], ...] = (("scores", QUERY_QK), ("values", QUERY_VALUE))
-#: A layer's RMSNorms over the residual stream, and Qwen3's RMSNorms over ``head_dim`` on q and k.
-LAYER_NORMS, QK_NORMS = ("input_layernorm", "post_attention_layernorm"), ("q_norm", "k_norm")
+#: A layer's RMSNorms over the residual stream, and Qwen3's RMSNorms over ``head_dim`` on q and k (paths in the layer,
+#: like the projections').
+LAYER_NORMS, QK_NORMS = ("input_layernorm", "post_attention_layernorm"), ("self_attn.q_norm", "self_attn.k_norm")
+#: Where the head-dim hooks act (:func:`~lightning_prune.adapters.head_dims.install_head_dim_hooks`): ``qk_dims`` on the
+#: outputs of the projections whose rows are q/k dims (before RoPE; at :data:`QK_NORMS` instead when the model has
+#: them), ``v_dims`` at the input of the projection whose columns are every query head's value dims.
+QK_OUTPUTS = tuple(p.path for p in LLAMA_LAYER if p.out.dims == "qk_dims")
+V_INPUT = next(p.path for p in LLAMA_LAYER if p.inp.dims == "v_dims")
 #: Dims of a head per unit: a RoPE pair (``rotate_half`` mixes dim ``i`` with ``i + head_dim/2``), a value dim.
 DIMS_PER_UNIT = {"qk_dims": 2, "v_dims": 1}
 
@@ -109,6 +116,25 @@ def axis_size(adapter: LlamaAdapter, axis: Axis) -> int:
     if axis.structure == "heads":
         return head_count(adapter, axis) * adapter.head_dim
     return adapter.hidden_size if axis.structure == "hidden" else adapter.intermediate_size
+
+
+def stacked_rows(adapter: LlamaAdapter, parts: tuple[str, ...]) -> tuple[int, str]:
+    """The rows of a projection that stacks the table's projections ``parts`` (one: the projection itself), and how
+    the config gives them (``"(num_attention_heads + 2*num_key_value_heads)*head_dim"``), for the attach check.
+    The parts are all ``heads`` rows (q, k, v) or all not (gate, up)."""
+    axes = [next(p.out for p in LLAMA_LAYER if p.path == part) for part in parts]
+    counts = Counter(_config_field(axis) for axis in axes)
+    formula = " + ".join(field if n == 1 else f"{n}*{field}" for field, n in counts.items())
+    if axes[0].structure == "heads":
+        formula = f"({formula})*head_dim" if len(counts) > 1 else f"{formula}*head_dim"
+    return sum(axis_size(adapter, axis) for axis in axes), formula
+
+
+def _config_field(axis: Axis) -> str:
+    """The config field that sets the axis's length (per head for a ``heads`` axis)."""
+    if axis.structure == "heads":
+        return "num_attention_heads" if axis.query else "num_key_value_heads"
+    return "hidden_size" if axis == HIDDEN else "intermediate_size"
 
 
 def fused_rows(adapter: LlamaAdapter) -> dict[str, tuple[tuple[str, int], ...]]:

@@ -90,7 +90,7 @@ def slice_llama_weights(
             put(f"{key}.bias", None if b is None else b[out])
         if adapter.qk_norms:
             for norm in QK_NORMS:
-                put(f"{base}self_attn.{norm}.weight", get(f"{base}self_attn.{norm}.weight")[kept["qk_dims"]])
+                put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[kept["qk_dims"]])
         for norm in LAYER_NORMS:
             put(f"{base}{norm}.weight", get(f"{base}{norm}.weight")[h_keep])
         n_groups, n_channels = int(kept["heads"].numel()), int(kept["ffn"].numel())

@@ -12,6 +12,6 @@ from __future__ import annotations
 from lightning_prune.adapters.phi3.adapter import PHI3_FAMILIES, PHI3_KINDS, Phi3Adapter, per_layer_config
 from lightning_prune.adapters.registry import register_family
 
-register_family("phi3", Phi3Adapter, PHI3_FAMILIES, __file__, tuple(PHI3_KINDS), per_layer_config, ("Phi3", "phi3"))
+register_family("phi3", Phi3Adapter, PHI3_FAMILIES, __file__, tuple(PHI3_KINDS), per_layer_config)
 
 __all__ = ["PHI3_FAMILIES", "Phi3Adapter"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from lightning_prune.adapters.base import block_structures
 from lightning_prune.adapters.llama.adapter import LlamaAdapter
+from lightning_prune.adapters.llama.layout import stacked_rows
 from lightning_prune.adapters.phi3.surgery import build_phi3_compact
 from lightning_prune.export.per_layer import without_export_keys
 from lightning_prune.structures import StructureSpec
@@ -70,11 +71,8 @@ class Phi3Adapter(LlamaAdapter):
     }
 
     def projection_rows(self) -> dict[str, tuple[int, str]]:
-        hd, q, kv = self.head_dim, self.num_heads, self.num_kv_heads
-        return {
-            "self_attn.qkv_proj": ((q + 2 * kv) * hd, "(num_attention_heads + 2*num_key_value_heads)*head_dim"),
-            "mlp.gate_up_proj": (2 * self.intermediate_size, "2*intermediate_size"),
-        }
+        """Each fused projection holds the rows of the Llama projections it stacks (:attr:`fused_parts`)."""
+        return {fused: stacked_rows(self, parts) for fused, parts in self.fused_parts.items()}
 
     def structures(self) -> dict[str, StructureSpec]:
         refused = self.refused_structures()
