@@ -4,7 +4,8 @@ One folder per model family (``llama/``, ``phi3/``, ``bert/``, ``gpt2/``, ``depg
 adapter (and, for a transformers family, its per-layer export classes) when it is imported. A transformers family's
 folder has one module per job: ``adapter.py`` (the adapter class: reads the model's config and layout and checks that
 it can prune it), ``config.py`` (the model types and head classes it covers, the nominal config of the per-layer
-classes), ``cost_terms.py``, ``hooks.py`` (where each structure's mask acts), ``surgery.py`` (the export's state-dict
+classes), ``cost_terms.py``, ``hooks.py`` (where each structure's mask acts; the LayerNorm families have none, their
+``Layout`` says it), ``surgery.py`` (the export's state-dict
 surgery) and ``modeling_per_layer.py`` (the per-layer classes of the export, a template for every model type of the
 family); its ``__init__.py`` registers them with one :func:`~lightning_prune.adapters.registry.register_family` call.
 Register an adapter for a family the library does not know::

@@ -243,6 +243,22 @@ class ModelAdapter(abc.ABC):
         return unwrap_model(model) is self.model
 
 
+class TokenModelAdapter(ModelAdapter):
+    """Base of the adapters of transformers token models (Llama, BERT, GPT-2 families): the masks are refreshed
+    before the backbone (``self.backbone``, set by the subclass) runs, and the equivalence check feeds random token ids
+    below ``self.vocab_size`` with a full attention mask."""
+
+    backbone: nn.Module
+    vocab_size: int
+
+    def root_module(self) -> nn.Module:
+        return self.backbone
+
+    def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def output_tensor(out: Any) -> torch.Tensor:
     """What a head class computes, as one tensor: ``logits`` (LM, sequence / token classification), the start and
     end logits stacked on a last dim (question answering), else the last hidden state (a bare backbone)."""

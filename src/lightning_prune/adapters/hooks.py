@@ -119,12 +119,21 @@ def install_block_hooks(
 
 
 def install_transformer_hooks(adapter: TransformerAdapter, source: MaskSource, structures: set[str]) -> Hooks:
-    """The hooks of a :class:`~lightning_prune.adapters.transformer.TransformerAdapter`'s layers: ``hidden`` on
-    every LayerNorm (:func:`install_layer_norm_hooks`) and :func:`install_block_hooks` of every layer (one head per
-    ``heads`` unit, ``hidden`` on the writes). What sits outside the layers (embeddings) is the family's."""
+    """The hooks of a :class:`~lightning_prune.adapters.transformer.TransformerAdapter`, read off its ``layout``:
+    ``hidden`` on the outputs of the embedding tables that no LayerNorm follows (``layout.embeddings``) and on every
+    LayerNorm (:func:`install_layer_norm_hooks`), and :func:`install_block_hooks` of every layer (one head per
+    ``heads`` unit, ``hidden`` on the writes)."""
     p, layout = adapter.prefix, adapter.layout
     hooks: Hooks = []
     if "hidden" in structures:
+
+        def embed_hook(module, args, output):
+            m = source.mask("hidden")
+            return output if m is None else source.multiply(output, m[0])
+
+        for name in layout.embeddings:
+            table = adapter.backbone.get_submodule(name)
+            hooks.append((f"{p}{name}", table, table.register_forward_hook(embed_hook)))
         hooks += install_layer_norm_hooks(source, [(f"{p}{name}", norm) for name, norm in adapter.layer_norms()])
     for l, layer in enumerate(adapter.layers):
         attn_out, mlp_out = layer_sites(layer, f"{p}{layout.layers}.{l}.", (layout.attn_out, layout.mlp_out))

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters.base import MaskSource, ModelAdapter, base_layer, block_structures, fixed_size_terms
+from lightning_prune.adapters.base import (
+    MaskSource,
+    TokenModelAdapter,
+    base_layer,
+    block_structures,
+    fixed_size_terms,
+)
+from lightning_prune.adapters.hooks import install_transformer_hooks
 from lightning_prune.cost import CostTerm, Dim
 from lightning_prune.errors import UnsupportedModelError
 from lightning_prune.structures import StructureSpec
@@ -36,6 +43,9 @@ class Layout:
         attn_out, mlp_in, mlp_out: the attention output, FFN input and FFN output projections.
         scores: the name (in a layer) of the attention scores' FLOPs term.
         fused: see ``attn_in``.
+        embeddings: the backbone's embedding tables whose outputs enter the residual stream without a LayerNorm
+            (GPT-2's ``wte``/``wpe``): ``hidden`` masks their outputs. BERT's embedding sum passes through a LayerNorm
+            of ``norms``, which applies the mask, so it lists none.
     """
 
     layers: str
@@ -47,6 +57,7 @@ class Layout:
     mlp_out: str
     scores: str
     fused: int = 1
+    embeddings: tuple[str, ...] = ()
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -54,12 +65,13 @@ class Layout:
         return (*self.attn_in, self.attn_out, self.mlp_in, self.mlp_out)
 
 
-class TransformerAdapter(ModelAdapter):
+class TransformerAdapter(TokenModelAdapter):
     """Base class of the BERT and GPT-2 adapters.
 
     A subclass sets :attr:`model_types` and :attr:`layout`, calls :meth:`_read_layout` from its ``__init__`` (then
-    sets ``intermediate_size`` and its own attributes), and names the module functions that compute its cost terms,
-    hooks and compact model (``staticmethod`` attributes, each called with the adapter first).
+    sets ``intermediate_size`` and its own attributes), and names the module functions that compute its cost terms
+    and compact model (``staticmethod`` attributes, each called with the adapter first). Its hooks are read off the
+    layout (:func:`~lightning_prune.adapters.hooks.install_transformer_hooks`).
     """
 
     #: the ``config.model_type`` values the adapter handles
@@ -67,7 +79,6 @@ class TransformerAdapter(ModelAdapter):
     layout: Layout
     intermediate_size: int  # set by the subclass (its config names it differently)
     _cost_terms_of: Callable[..., list[CostTerm]]
-    _hooks_of: Callable[..., list[tuple[str, nn.Module, RemovableHandle]]]
     _compact_of: Callable[..., tuple[nn.Module, dict[str, Any]]]
 
     @classmethod
@@ -119,17 +130,10 @@ class TransformerAdapter(ModelAdapter):
         return self._cost_terms_of(self, flops_seq_len)
 
     # -- hooks -------------------------------------------------------------------------------------
-    def root_module(self) -> nn.Module:
-        return self.backbone
-
     def install_hooks(self, source: MaskSource, structures: set[str]) -> list[tuple[str, nn.Module, RemovableHandle]]:
-        return self._hooks_of(self, source, structures)
+        return install_transformer_hooks(self, source, structures)
 
     # -- export ------------------------------------------------------------------------------------
-    def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits, or for a bare backbone :meth:`backbone_outputs` of the last hidden state at the kept dims.
 

@@ -14,7 +14,6 @@ from torch import nn
 from lightning_prune.adapters.base import base_layer, require_config
 from lightning_prune.adapters.bert.config import _REQUIRED_CONFIG, _SUPPORTED_KINDS, BERT_FAMILIES
 from lightning_prune.adapters.bert.cost_terms import bert_cost_terms
-from lightning_prune.adapters.bert.hooks import install_bert_hooks
 from lightning_prune.adapters.bert.surgery import build_bert_compact
 from lightning_prune.adapters.transformer import Layout, TransformerAdapter
 from lightning_prune.errors import UnsupportedModelError
@@ -41,7 +40,6 @@ class BertAdapter(TransformerAdapter):
     )
 
     _cost_terms_of = staticmethod(bert_cost_terms)
-    _hooks_of = staticmethod(install_bert_hooks)
     _compact_of = staticmethod(build_bert_compact)
 
     def __init__(self, model: nn.Module) -> None:

@@ -11,7 +11,6 @@ from torch import nn
 from lightning_prune.adapters.base import base_layer
 from lightning_prune.adapters.gpt2.config import _SUPPORTED_CLASSES, GPT2_FAMILIES
 from lightning_prune.adapters.gpt2.cost_terms import gpt2_cost_terms
-from lightning_prune.adapters.gpt2.hooks import install_gpt2_hooks
 from lightning_prune.adapters.gpt2.surgery import build_gpt2_compact
 from lightning_prune.adapters.transformer import Layout, TransformerAdapter
 from lightning_prune.errors import UnsupportedModelError
@@ -36,10 +35,10 @@ class GPT2Adapter(TransformerAdapter):
         mlp_out="mlp.c_proj",
         scores="attn.scores",
         fused=3,
+        embeddings=("wte", "wpe"),
     )
 
     _cost_terms_of = staticmethod(gpt2_cost_terms)
-    _hooks_of = staticmethod(install_gpt2_hooks)
     _compact_of = staticmethod(build_gpt2_compact)
 
     def __init__(self, model: nn.Module) -> None:

@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters.base import (
     MaskSource,
-    ModelAdapter,
+    TokenModelAdapter,
     base_layer,
     block_structures,
     output_tensor,
@@ -47,7 +47,7 @@ def _submodule(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-class LlamaAdapter(ModelAdapter):
+class LlamaAdapter(TokenModelAdapter):
     """Adapter for the Llama family's ``*Model``, ``*ForCausalLM``, ``*ForSequenceClassification``,
     ``*ForTokenClassification`` and ``*ForQuestionAnswering`` (:data:`SUPPORTED_KINDS`).
 
@@ -168,17 +168,10 @@ class LlamaAdapter(ModelAdapter):
         return _standard_config(type(self.model.config), {**plain_config_dict(self.model.config), **values}) is not None
 
     # -- hooks -------------------------------------------------------------------------------------
-    def root_module(self) -> nn.Module:
-        return self.backbone
-
     def install_hooks(self, source: MaskSource, structures: set[str]) -> list[tuple[str, nn.Module, RemovableHandle]]:
         return install_llama_hooks(self, source, structures)
 
     # -- export ------------------------------------------------------------------------------------
-    def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
     def outputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the head computes (:func:`output_tensor`); for a bare backbone the last hidden state, read on the gated
         model at the hidden dims kept by the last :meth:`build_compact` (the pruned ones are 0 there and absent from
