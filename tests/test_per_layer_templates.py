@@ -4,6 +4,7 @@ self-contained file; a third-party ``__FAMILY__``/``__MODULE__`` template given 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from lightning_prune.export.per_layer import (
     register_per_layer_family,
     render_modeling_source,
 )
+from lightning_prune.export.per_layer_inline import SHARED_MODULE
 
 IDS = torch.tensor([[3, 17, 9, 5, 22, 8]])
 
@@ -47,6 +49,8 @@ def test_the_template_module_defines_every_kind_of_its_family(folder):
     model_type, prefix, _ = TEMPLATES[folder]
     for kind, name in class_names(model_type).items():
         assert hasattr(module, name), f"{folder}/modeling_per_layer.py lacks {name} ({kind})"
+        cls = getattr(module, name)  # the head classes are made by a factory: named as written, defined here
+        assert (cls.__name__, cls.__qualname__, cls.__module__) == (name, name, module.__name__)
     assert module.__dict__[f"Pruned{prefix}Config"].model_type == f"lightning_prune_{model_type}"
 
 
@@ -105,7 +109,7 @@ def test_the_phi3_template_runs_per_layer_shapes():
     with torch.no_grad():
         logits = model(input_ids=IDS).logits
     assert logits.shape == (1, IDS.shape[1], 32) and torch.isfinite(logits).all()
-    with pytest.raises(ValueError, match=r"layers \[0\]: the attention heads cannot share"):
+    with pytest.raises(ValueError, match="layer 0: 3 attention heads cannot share 2 key/value heads"):
         module.PrunedPhi3Config(
             layer_shapes=[{**shapes[0], "num_attention_heads": 3, "num_key_value_heads": 2}], **nominal
         )
@@ -155,15 +159,20 @@ def test_every_model_type_renders_a_self_contained_module_from_its_family_templa
     spec = per_layer_family(model_type)
     assert Path(spec.template) == Path(template_module(folder).__file__)
     source = render_modeling_source(model_type)
-    if model_type == own_type:
-        assert source == Path(spec.template).read_text()  # the module is its own family's export file
+    if model_type == own_type:  # the module is its own family's export file, with the shared helpers inlined
+        template = Path(spec.template).read_text()
+        tree = ast.parse(template)
+        node = next(n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == SHARED_MODULE)
+        lines = template.splitlines(keepends=True)
+        before, after = "".join(lines[: node.lineno - 1]), "".join(lines[node.end_lineno :])
+        assert source.startswith(f"{before}# Inlined from {SHARED_MODULE}") and source.endswith(after)
     else:  # no name of the template's family is left (Roberta contains "bert": replaced once, not twice)
         rest = source.replace(spec.class_prefix, "").replace(model_type, "")
         assert prefix not in rest and own_type not in rest
     assert not re.search(r"^\s*(from|import) lightning_prune", source, re.MULTILINE)
-    compile(source, f"<{model_type}>", "exec")
+    compile(source, f"<{model_type}>", "exec")  # tests/test_per_layer_inline.py runs it without lightning_prune
     for name in class_names(model_type).values():
-        assert f"class {name}(" in source
+        assert re.search(rf"^(class {name}\(|{name} = )", source, re.MULTILINE)
 
 
 def test_a_placeholder_template_given_by_an_absolute_path_still_renders(tmp_path):

@@ -7,10 +7,13 @@ installed. Inside lightning-prune the same rendered source is imported from memo
 
 A built-in family's template is a real module in its folder (``adapters/llama/modeling_per_layer.py``,
 ``adapters/bert/...``, ``adapters/gpt2/...``), written for one model type of the family (``LlamaConfig``,
-``transformers.models.llama``): linted, imported by the tests, and self-contained (torch and transformers only).
-Rendering replaces those names (:attr:`PerLayerFamily.template_names`) with another model type's
-(``Qwen2Config``, ``transformers.models.qwen2``). A template may also use the placeholders ``__FAMILY__`` and
-``__MODULE__`` (the default ``template_names``), as third-party ``.py.txt`` templates do.
+``transformers.models.llama``): linted and imported by the tests. It imports torch, transformers and what the
+templates share from :mod:`lightning_prune.export.per_layer_shared` (one ``from ... import`` line, which rendering
+replaces by the definitions it names: :mod:`~lightning_prune.export.per_layer_inline`; any other import of the
+package is refused), so the rendered file is self-contained. Rendering also replaces the template's names
+(:attr:`PerLayerFamily.template_names`) with another model type's (``Qwen2Config``, ``transformers.models.qwen2``).
+A template may also use the placeholders ``__FAMILY__`` and ``__MODULE__`` (the default ``template_names``), as
+third-party ``.py.txt`` templates do.
 
 Each transformers ``model_type`` that can be exported per layer has a :class:`PerLayerFamily` in a small
 registry (:func:`register_per_layer_family`): its template, the class-name prefix substituted into it,
@@ -32,6 +35,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_prune.export.per_layer_inline import inline_shared_helpers
 from lightning_prune.registry import Registry
 
 MODELING_FILENAME = "modeling_lightning_prune.py"
@@ -138,7 +142,11 @@ def render_modeling_source(family: str) -> str:
     names = {prefix: spec.class_prefix, module: family}
     # one pass: a replacement is never replaced again ("Bert" -> "Roberta" contains "bert")
     pattern = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
-    return re.sub(pattern, lambda match: names[match.group(0)], template)
+
+    def substitute(text: str) -> str:
+        return re.sub(pattern, lambda match: names[match.group(0)], text)
+
+    return inline_shared_helpers(template, substitute, str(_template_path(spec.template)))
 
 
 @functools.cache

@@ -14,25 +14,16 @@ What differs from the stock Bert classes (``config.layer_shapes`` is authoritati
   block was pruned, before its post-norm LayerNorm, which always stays.
 """
 
-import torch
 from torch import nn
 from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
 
+from lightning_prune.export.per_layer_shared import _BiasOnly, _LayerShapesConfig, _NoOutput, _zip_layer_shapes
 
-class PrunedBertConfig(BertConfig):
+
+class PrunedBertConfig(_LayerShapesConfig, BertConfig):
     model_type = "lightning_prune_bert"
-
     # Extra keys: layer_shapes (one dict per layer), attention_head_size, pooler_size, add_pooling_layer.
-    def __init__(self, layer_shapes=None, **kwargs):
-        self.layer_shapes = list(layer_shapes or [])
-        super().__init__(**kwargs)
-
-    def validate(self):
-        super().validate()
-        for i, shape in enumerate(getattr(self, "layer_shapes", None) or []):
-            if shape["num_attention_heads"] < 0 or shape["intermediate_size"] < 0:
-                raise ValueError(f"layer {i}: negative sizes in {shape}")
 
 
 class _EmptySelfAttention(nn.Module):
@@ -42,32 +33,9 @@ class _EmptySelfAttention(nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
-class _NoOutput(nn.Module):
-    """A projection with no output features left: (..., 0)."""
-
-    def forward(self, x):
-        return x.new_zeros(*x.shape[:-1], 0)
-
-
-class _BiasOnly(nn.Module):
-    """A projection with no input features left: its output bias (or zeros when the block was pruned)."""
-
-    def __init__(self, out_features, bias):
-        super().__init__()
-        self.out_features = out_features
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x):
-        out = x.new_zeros(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
-
-
 def _resize_layers(backbone, config):
-    layers = backbone.encoder.layer
-    if len(config.layer_shapes) != len(layers):
-        raise ValueError(f"config.layer_shapes has {len(config.layer_shapes)} entries for {len(layers)} layers")
     d, hd = config.hidden_size, config.attention_head_size
-    for layer, shape in zip(layers, config.layer_shapes):
+    for layer, shape in _zip_layer_shapes(backbone.encoder.layer, config):
         heads, ffn = shape["num_attention_heads"], shape["intermediate_size"]
         attn_bias, ffn_bias = bool(shape.get("attention_output_bias", True)), bool(shape.get("ffn_output_bias", True))
         attn = layer.attention

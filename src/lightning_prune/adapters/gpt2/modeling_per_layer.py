@@ -13,7 +13,6 @@ What differs from the stock GPT2 classes (``config.layer_shapes`` is authoritati
   nothing when the whole block was pruned.
 """
 
-import torch
 from torch import nn
 from transformers.models.gpt2.configuration_gpt2 import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import (
@@ -23,40 +22,19 @@ from transformers.models.gpt2.modeling_gpt2 import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from lightning_prune.export.per_layer_shared import (
+    _BiasOnly,
+    _cache_placeholder,
+    _LayerShapesConfig,
+    _NoOutput,
+    _per_layer,
+    _zip_layer_shapes,
+)
 
-class PrunedGPT2Config(GPT2Config):
+
+class PrunedGPT2Config(_LayerShapesConfig, GPT2Config):
     model_type = "lightning_prune_gpt2"
-
     # Extra keys: layer_shapes (one dict per layer), attention_head_size.
-    def __init__(self, layer_shapes=None, **kwargs):
-        self.layer_shapes = list(layer_shapes or [])
-        super().__init__(**kwargs)
-
-    def validate(self):
-        super().validate()
-        for i, shape in enumerate(getattr(self, "layer_shapes", None) or []):
-            if shape["num_attention_heads"] < 0 or shape["intermediate_size"] < 0:
-                raise ValueError(f"layer {i}: negative sizes in {shape}")
-
-
-class _NoOutput(nn.Module):
-    """A projection with no output features left: (..., 0)."""
-
-    def forward(self, x):
-        return x.new_zeros(*x.shape[:-1], 0)
-
-
-class _BiasOnly(nn.Module):
-    """A projection with no input features left: its output bias (or zeros when the block was pruned)."""
-
-    def __init__(self, out_features, bias):
-        super().__init__()
-        self.out_features = out_features
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x):
-        out = x.new_zeros(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
 
 
 class _EmptyAttention(nn.Module):
@@ -73,20 +51,13 @@ class _EmptyAttention(nn.Module):
         self.c_proj = _BiasOnly(embed_dim, bias)
 
     def forward(self, hidden_states, *args, **kwargs):
-        # transformers >= 5.2x passes the cache as ``cache=``, earlier 5.x releases as ``past_key_values=``
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None:
-            kv = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
-            cache.update(kv, kv, self.layer_idx)
+        _cache_placeholder(kwargs, hidden_states, self.layer_idx, 1, 1)
         return self.c_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0)), None
 
 
 def _resize_layers(backbone, config):
-    layers = backbone.h
-    if len(config.layer_shapes) != len(layers):
-        raise ValueError(f"config.layer_shapes has {len(config.layer_shapes)} entries for {len(layers)} layers")
     d, hd = config.n_embd, config.attention_head_size
-    for l, (layer, shape) in enumerate(zip(layers, config.layer_shapes)):
+    for l, (layer, shape) in enumerate(_zip_layer_shapes(backbone.h, config)):
         heads, ffn = shape["num_attention_heads"], shape["intermediate_size"]
         attn_bias, ffn_bias = bool(shape.get("attention_output_bias", True)), bool(shape.get("ffn_output_bias", True))
         if heads == 0:
@@ -112,25 +83,6 @@ def _resize_layers(backbone, config):
             layer.mlp.c_proj = Conv1D(d, ffn)
 
 
-class PrunedGPT2Model(GPT2Model):
-    config_class = PrunedGPT2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_layers(self, config)
-
-
-class PrunedGPT2LMHeadModel(GPT2LMHeadModel):
-    config_class = PrunedGPT2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_layers(self.transformer, config)
-
-
-class PrunedGPT2ForSequenceClassification(GPT2ForSequenceClassification):
-    config_class = PrunedGPT2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_layers(self.transformer, config)
+PrunedGPT2Model = _per_layer(GPT2Model, PrunedGPT2Config, _resize_layers)
+PrunedGPT2LMHeadModel = _per_layer(GPT2LMHeadModel, PrunedGPT2Config, _resize_layers)
+PrunedGPT2ForSequenceClassification = _per_layer(GPT2ForSequenceClassification, PrunedGPT2Config, _resize_layers)

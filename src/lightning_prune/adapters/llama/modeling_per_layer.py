@@ -25,73 +25,40 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
+from lightning_prune.export.per_layer_shared import (
+    _EmptyAttention,
+    _EmptyMLP,
+    _KeyValueHeadsConfig,
+    _layer_cache,
+    _per_layer,
+    _zip_layer_shapes,
+)
 
-class PrunedLlamaConfig(LlamaConfig):
+
+class PrunedLlamaConfig(_KeyValueHeadsConfig, LlamaConfig):
     model_type = "lightning_prune_llama"
 
     # config.layer_shapes is authoritative; num_attention_heads / num_key_value_heads are nominal (1).
-    def __init__(self, layer_shapes=None, **kwargs):
-        self.layer_shapes = list(layer_shapes or [])
-        super().__init__(**kwargs)
-        self.validate()  # LlamaConfig's __init__ runs LlamaConfig's validators only, not the override below
-
-    def validate(self):
-        super().validate()
-        for i, shape in enumerate(getattr(self, "layer_shapes", None) or []):
-            heads, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
-            if (kv == 0) != (heads == 0) or (kv and heads % kv):
-                raise ValueError(f"layer {i}: {heads} attention heads cannot share {kv} key/value heads")
-            pairs = shape.get("rope_pairs")
-            if pairs is not None and (
-                shape["qk_dim"] != 2 * len(pairs) or any(not 0 <= p < self.head_dim // 2 for p in pairs)
-            ):
-                raise ValueError(f"layer {i}: qk_dim {shape['qk_dim']} does not match rope_pairs {pairs}")
+    def check_layer_shape(self, i, shape):
+        super().check_layer_shape(i, shape)
+        pairs = shape.get("rope_pairs")
+        if pairs is not None and (
+            shape["qk_dim"] != 2 * len(pairs) or any(not 0 <= p < self.head_dim // 2 for p in pairs)
+        ):
+            raise ValueError(f"layer {i}: qk_dim {shape['qk_dim']} does not match rope_pairs {pairs}")
 
 
-def _layer_cache(kwargs):
-    """The layer's KV cache: transformers >= 5.2x passes it to attention as ``cache=``, earlier 5.x releases as
-    ``past_key_values=`` (both are popped, so neither reaches the attention kernel)."""
-    cache = kwargs.pop("cache", None)
-    legacy = kwargs.pop("past_key_values", None)
-    return cache if cache is not None else legacy
-
-
-class _EmptyAttention(nn.Module):
-    """An attention block with no heads left: writes nothing (or only its output bias) to the residual."""
-
-    def __init__(self, hidden_size, head_dim, layer_idx, bias, old=None, qk_dim=None):
-        super().__init__()
-        self.head_dim = head_dim
-        self.layer_idx = layer_idx
-        self.bias = nn.Parameter(torch.zeros(hidden_size)) if bias else None
-        # Parameters that no head count resizes (Qwen3's q_norm/k_norm over head_dim) stay, unused, so the
-        # checkpoint and the parameter count are those of the original layout (over the kept q/k dims, if pruned).
-        for name, child in old.named_children() if old is not None else ():
-            if name not in ("q_proj", "k_proj", "v_proj", "o_proj") and any(True for _ in child.parameters()):
-                if qk_dim is not None and name in ("q_norm", "k_norm"):
-                    child.weight = nn.Parameter(torch.ones(qk_dim))
-                self.add_module(name, child)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        cache = _layer_cache(kwargs)
-        if cache is not None:  # keep the cache's per-layer bookkeeping (sequence length) right
-            b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 0, t, self.head_dim)
-            cache.update(empty, empty, self.layer_idx)
-        out = torch.zeros_like(hidden_states)
-        return (out if self.bias is None else out + self.bias), None
-
-
-class _EmptyMLP(nn.Module):
-    """An MLP with no channels left: writes nothing (or only its output bias) to the residual."""
-
-    def __init__(self, hidden_size, bias):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size)) if bias else None
-
-    def forward(self, x):
-        out = torch.zeros_like(x)
-        return out if self.bias is None else out + self.bias
+def _unresized_modules(attn, qk_dim):
+    """The modules of ``attn`` that no head count resizes (Qwen3's q_norm/k_norm over head_dim): an attention with
+    no heads left keeps them, unused, so the checkpoint and the parameter count are those of the original layout
+    (over the kept q/k dims, if pruned)."""
+    keep = {}
+    for name, child in attn.named_children():
+        if name not in ("q_proj", "k_proj", "v_proj", "o_proj") and any(True for _ in child.parameters()):
+            if qk_dim is not None and name in ("q_norm", "k_norm"):
+                child.weight = nn.Parameter(torch.ones(qk_dim))
+            keep[name] = child
+    return keep
 
 
 def _linear_like(old, in_features, out_features):
@@ -160,12 +127,8 @@ class _HeadDimsLlamaAttention(LlamaAttention):
 
 
 def _resize_layers(backbone, config):
-    if len(config.layer_shapes) != len(backbone.layers):
-        raise ValueError(
-            f"config.layer_shapes has {len(config.layer_shapes)} entries for {len(backbone.layers)} layers"
-        )
     d = config.hidden_size
-    for idx, (layer, shape) in enumerate(zip(backbone.layers, config.layer_shapes)):
+    for idx, (layer, shape) in enumerate(_zip_layer_shapes(backbone.layers, config)):
         attn, mlp = layer.self_attn, layer.mlp
         heads, kv, ffn = shape["num_attention_heads"], shape["num_key_value_heads"], shape["intermediate_size"]
         hd = attn.head_dim
@@ -173,7 +136,7 @@ def _resize_layers(backbone, config):
         if heads == 0:
             qk = qk_dim if "qk_dim" in shape else None
             bias = shape.get("self_attn_output_bias", attn.o_proj.bias is not None)  # False: its block gate closed
-            layer.self_attn = _EmptyAttention(d, hd, idx, bias, attn, qk)
+            layer.self_attn = _EmptyAttention(d, hd, idx, bias, _unresized_modules(attn, qk))
         elif qk_dim != hd or v_dim != hd:
             layer.self_attn = _HeadDimsLlamaAttention(config, idx, heads, kv, shape["rope_pairs"], v_dim)
         else:
@@ -191,53 +154,14 @@ def _resize_layers(backbone, config):
             mlp.intermediate_size = ffn
 
 
-class PrunedLlamaModel(LlamaModel):
-    config_class = PrunedLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_layers(self, config)
-
+PrunedLlamaModel = _per_layer(LlamaModel, PrunedLlamaConfig, _resize_layers)
 
 # The sequence / token classification and question answering classes build their backbone with
 # ``AutoModel.from_config(config)``: registered here, it is the class above (local code, so transformers neither
-# asks to trust remote code nor looks the backbone up in ``auto_map``).
+# asks to trust remote code nor looks the backbone up in ``auto_map``); they do not resize it again.
 AutoModel.register(PrunedLlamaConfig, PrunedLlamaModel, exist_ok=True)
 
-
-def _resize_backbone(model, config):
-    backbone = getattr(model, model.base_model_prefix)
-    if not isinstance(backbone, PrunedLlamaModel):  # a backbone built by the parent class: resize its layers
-        _resize_layers(backbone, config)
-
-
-class PrunedLlamaForCausalLM(LlamaForCausalLM):
-    config_class = PrunedLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_backbone(self, config)
-
-
-class PrunedLlamaForSequenceClassification(LlamaForSequenceClassification):
-    config_class = PrunedLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_backbone(self, config)
-
-
-class PrunedLlamaForTokenClassification(LlamaForTokenClassification):
-    config_class = PrunedLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_backbone(self, config)
-
-
-class PrunedLlamaForQuestionAnswering(LlamaForQuestionAnswering):
-    config_class = PrunedLlamaConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        _resize_backbone(self, config)
+PrunedLlamaForCausalLM = _per_layer(LlamaForCausalLM, PrunedLlamaConfig, _resize_layers)
+PrunedLlamaForSequenceClassification = _per_layer(LlamaForSequenceClassification, PrunedLlamaConfig, _resize_layers)
+PrunedLlamaForTokenClassification = _per_layer(LlamaForTokenClassification, PrunedLlamaConfig, _resize_layers)
+PrunedLlamaForQuestionAnswering = _per_layer(LlamaForQuestionAnswering, PrunedLlamaConfig, _resize_layers)
