@@ -97,7 +97,10 @@ def test_hf_trainer_warns_and_exports_the_dense_model(tmp_path, caplog, max_step
     model = tiny_causal_lm("llama").train()
     callback = PruningTrainerCallback(lp.L0Config(**CONVERGING), export_dir=tmp_path / "compact", dense_steps=10)
     hf = PruningTrainer(
-        model=model, args=training_args(tmp_path, max_steps=max_steps), train_dataset=MotifTokens(), callbacks=[callback]
+        model=model,
+        args=training_args(tmp_path, max_steps=max_steps),
+        train_dataset=MotifTokens(),
+        callbacks=[callback],
     )
     with caplog.at_level(logging.WARNING, logger="lightning_prune"):
         hf.train()
