@@ -19,7 +19,7 @@ from test_gpt2_adapter import tiny_gpt2
 
 import lightning_prune as lp
 from lightning_prune.errors import ExportMismatchError
-from lightning_prune.export.verify import check_generation
+from lightning_prune.export.verify import ExportCheck
 
 LLAMA_SETS = [("heads",), ("ffn",), ("hidden",), ("heads", "ffn", "hidden"), ("attn_block", "mlp_block")]
 LLAMA_SETS += [("qk_dims", "v_dims")]
@@ -68,7 +68,7 @@ def test_cached_generation_matches_the_gated_model_after_export_and_reload(tmp_p
     expected = _greedy(compact, prompt)
     assert torch.equal(expected, _greedy(compact, prompt, use_cache=False))
     for model in reloaded:
-        assert check_generation(pruner.adapter, pruner.hf_model.eval(), model, rtol=1e-4) is not None
+        assert ExportCheck(pruner.adapter, pruner.hf_model.eval(), model, rtol=1e-4).generation() is not None
         assert torch.equal(_greedy(model, prompt), expected)
 
 
@@ -87,7 +87,7 @@ def test_the_check_fails_on_an_attention_that_ignores_its_cache(monkeypatch):
 
     monkeypatch.setattr(module, "_layer_cache", forget_the_cache)
     with pytest.raises(ExportMismatchError, match="generates 4 tokens with its KV cache"):
-        check_generation(pruner.adapter, pruner.hf_model.eval(), compact)
+        ExportCheck(pruner.adapter, pruner.hf_model.eval(), compact).generation()
 
 
 def test_encoders_skip_the_generation_check():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -75,116 +76,109 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-@torch.no_grad()
-def check_equivalence(
-    adapter: ModelAdapter,
-    gated: nn.Module,
-    compact: nn.Module,
-    rtol: float = 1e-4,
-    batch_size: int = 2,
-    seq_len: int = 16,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Return ``(max_abs_diff, reference_scale)`` or raise :class:`ExportMismatchError`.
+@dataclass(frozen=True)
+class ExportCheck:
+    """The comparisons of an export: ``compact`` against the ``gated`` model it came from, within ``rtol`` of the
+    outputs' scale (at least the half-precision tolerance of ``gated``'s dtype), on random inputs of ``adapter``.
 
-    ``seq_len`` is shortened for models with fewer positions.
+    :meth:`outputs` compares one forward pass; :meth:`generation` compares cached greedy decoding (causal LMs).
+    Each raises :class:`ExportMismatchError` on a difference.
     """
-    generator = torch.Generator().manual_seed(seed)
-    device = next(gated.parameters()).device
-    limit = max_positions(gated)
-    if limit is not None:
-        seq_len = min(seq_len, limit)
-    dtype = _dtype(compact)  # floating inputs (images, features) follow the weights, also in the float64 re-check
-    inputs = {
-        k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
-        for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()
-    }
-    with eval_mode(gated, compact):
-        reference = adapter.outputs(gated, inputs).float()
-        output = adapter.outputs(compact, inputs).float()
-    if reference.shape != output.shape:
-        raise ExportMismatchError(
-            f"The compact model's output has shape {tuple(output.shape)}, the gated model's {tuple(reference.shape)}."
-        )
-    return _compare(reference, output, rtol, adapter, gated, "on the same inputs")
 
+    adapter: ModelAdapter
+    gated: nn.Module
+    compact: nn.Module
+    rtol: float = 1e-4
 
-def _compare(
-    reference: torch.Tensor, output: torch.Tensor, rtol: float, adapter: ModelAdapter, gated: nn.Module, where: str
-) -> tuple[float, float]:
-    """``(max |reference - output|, max |reference|)``; raises when the difference exceeds ``rtol`` (at least the
-    half-precision tolerance of ``gated``'s dtype) times the scale. ``where``: how the outputs were computed."""
-    rtol = max(rtol, HALF_PRECISION_RTOL.get(_dtype(gated), 0.0))
-    diff = float((reference - output).abs().max())
-    scale = float(reference.abs().max().clamp_min(1e-12))
-    if not (diff == diff) or diff > rtol * scale:  # NaN-safe
-        raise ExportMismatchError(
-            f"The compact model does not compute what the gated model computed {where}: max |gated - compact| = "
-            f"{diff:.3e} > {rtol:g} x {scale:.3e}. Nothing was returned or saved. This is a bug in the adapter "
-            f"({adapter.name}); please report it with your model config."
-        )
-    return diff, scale
+    @torch.no_grad()
+    def outputs(self, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> tuple[float, float]:
+        """``(max_abs_diff, reference_scale)`` of the two models' outputs on the same inputs (``seq_len`` is
+        shortened for models with fewer positions)."""
+        adapter, gated, compact = self.adapter, self.gated, self.compact
+        generator = torch.Generator().manual_seed(seed)
+        device = next(gated.parameters()).device
+        limit = max_positions(gated)
+        if limit is not None:
+            seq_len = min(seq_len, limit)
+        dtype = _dtype(compact)  # floating inputs (images, features) follow the weights, also in the float64 re-check
+        inputs = {
+            k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+            for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()
+        }
+        with eval_mode(gated, compact):
+            reference = adapter.outputs(gated, inputs).float()
+            output = adapter.outputs(compact, inputs).float()
+        if reference.shape != output.shape:
+            raise ExportMismatchError(
+                f"The compact model's output has shape {tuple(output.shape)}, the gated model's "
+                f"{tuple(reference.shape)}."
+            )
+        return self._compare(reference, output, "on the same inputs")
 
+    @torch.no_grad()
+    def generation(
+        self, batch_size: int = 2, seq_len: int = 8, new_tokens: int = GENERATION_CHECK_TOKENS, seed: int = 1
+    ) -> float | None:
+        """Greedy decoding with the compact model's KV cache against the gated model without a cache.
 
-@torch.no_grad()
-def check_generation(
-    adapter: ModelAdapter,
-    gated: nn.Module,
-    compact: nn.Module,
-    rtol: float = 1e-4,
-    batch_size: int = 2,
-    seq_len: int = 8,
-    new_tokens: int = GENERATION_CHECK_TOKENS,
-    seed: int = 1,
-) -> float | None:
-    """Greedy decoding with the compact model's KV cache against the gated model without a cache.
+        The compact model generates ``new_tokens`` greedily from random prompts (``generate`` with
+        ``use_cache=True``, the path users take); the gated model then scores the generated sequences in one
+        uncached forward. The logits of each decoding step must agree within ``rtol`` of their scale. Comparing
+        logits rather than tokens keeps the check exact where two tokens tie.
 
-    The compact model generates ``new_tokens`` greedily from random prompts (``generate`` with
-    ``use_cache=True``, the path users take); the gated model then scores the generated sequences in one
-    uncached forward. The logits of each decoding step must agree within ``rtol`` of their scale. Comparing
-    logits rather than tokens keeps the check exact where two tokens tie.
-
-    Returns:
-        The largest absolute logit difference, or ``None`` when ``compact`` is not a causal LM.
-
-    Raises:
-        ExportMismatchError: the cached decoding differs from the gated model.
-    """
-    if not (is_causal_lm(compact) and is_causal_lm(unwrap_model(gated))):
-        return None
-    from transformers import GenerationConfig
-
-    generator = torch.Generator().manual_seed(seed)
-    device = next(gated.parameters()).device
-    limit = max_positions(gated)
-    if limit is not None:  # prompt + generated tokens must fit the position table
-        if limit < 2:
+        Returns:
+            The largest absolute logit difference, or ``None`` when ``compact`` is not a causal LM.
+        """
+        adapter, gated, compact = self.adapter, self.gated, self.compact
+        if not (is_causal_lm(compact) and is_causal_lm(unwrap_model(gated))):
             return None
-        new_tokens = min(new_tokens, limit - 1)
-        seq_len = max(1, min(seq_len, limit - new_tokens))
-    prompt = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
-    # A fresh config: the model's own generation config (sampling, stop tokens) must not shorten the run.
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        use_cache=True,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    with eval_mode(gated, compact):
-        out = compact.generate(
-            input_ids=prompt["input_ids"],
-            attention_mask=prompt.get("attention_mask"),
-            generation_config=config,
+        from transformers import GenerationConfig
+
+        generator = torch.Generator().manual_seed(seed)
+        device = next(gated.parameters()).device
+        limit = max_positions(gated)
+        if limit is not None:  # prompt + generated tokens must fit the position table
+            if limit < 2:
+                return None
+            new_tokens = min(new_tokens, limit - 1)
+            seq_len = max(1, min(seq_len, limit - new_tokens))
+        prompt = {k: v.to(device) for k, v in adapter.example_inputs(batch_size, seq_len, generator).items()}
+        # A fresh config: the model's own generation config (sampling, stop tokens) must not shorten the run.
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            use_cache=True,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-        cached = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
-        tokens = out.sequences
-        reference = gated(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
-        reference = reference[:, seq_len - 1 : tokens.shape[1] - 1].float()
-    where = f"when it generates {new_tokens} tokens with its KV cache"
-    return _compare(reference, cached, rtol, adapter, gated, where)[0]
+        with eval_mode(gated, compact):
+            out = compact.generate(
+                input_ids=prompt["input_ids"],
+                attention_mask=prompt.get("attention_mask"),
+                generation_config=config,
+            )
+            cached = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
+            tokens = out.sequences
+            reference = gated(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False).logits
+            reference = reference[:, seq_len - 1 : tokens.shape[1] - 1].float()
+        where = f"when it generates {new_tokens} tokens with its KV cache"
+        return self._compare(reference, cached, where)[0]
+
+    def _compare(self, reference: torch.Tensor, output: torch.Tensor, where: str) -> tuple[float, float]:
+        """``(max |reference - output|, max |reference|)``; raises when the difference exceeds the tolerance times
+        the scale. ``where``: how the outputs were computed."""
+        rtol = max(self.rtol, HALF_PRECISION_RTOL.get(_dtype(self.gated), 0.0))
+        diff = float((reference - output).abs().max())
+        scale = float(reference.abs().max().clamp_min(1e-12))
+        if not (diff == diff) or diff > rtol * scale:  # NaN-safe
+            raise ExportMismatchError(
+                f"The compact model does not compute what the gated model computed {where}: max |gated - compact| = "
+                f"{diff:.3e} > {rtol:g} x {scale:.3e}. Nothing was returned or saved. This is a bug in the adapter "
+                f"({self.adapter.name}); please report it with your model config."
+            )
+        return diff, scale
 
 
 def _tensors(*models: nn.Module) -> Iterator[torch.Tensor]:
@@ -248,9 +242,10 @@ def verify_export(
     """
     dtype = _dtype(gated)
     rtol = max(rtol, HALF_PRECISION_RTOL.get(dtype, 0.0))
+    check = ExportCheck(adapter, gated, compact, rtol)
     try:
-        diff, scale = check_equivalence(adapter, gated, compact, rtol)
-        return diff, scale, check_generation(adapter, gated, compact, rtol), str(dtype).replace("torch.", "")
+        diff, scale = check.outputs()
+        return diff, scale, check.generation(), str(dtype).replace("torch.", "")
     except ExportMismatchError as mismatch:
         hint = (
             "If the difference is rounding of a deep model, raise `export_rtol` in the config (e.g. 1e-3 for fp32); "
@@ -264,8 +259,8 @@ def verify_export(
         log.info("lightning-prune: the %s export check failed (%s); repeating it in float64", dtype, mismatch)
         try:
             with _upcast_to_float64(gated, compact):
-                diff, scale = check_equivalence(adapter, gated, compact, rtol)
-                generation = check_generation(adapter, gated, compact, rtol)
+                diff, scale = check.outputs()
+                generation = check.generation()
         except ExportMismatchError as again:
             raise ExportMismatchError(f"{again} (in float64; in {dtype} first: {mismatch})") from mismatch
         except (RuntimeError, MemoryError) as error:
