@@ -24,9 +24,9 @@ from collections.abc import Callable, MutableMapping
 import torch
 from torch import nn
 
+from lightning_prune.adapters.llama.layout import LAYER_NORMS
 from lightning_prune.export.merge import MergedWeights
-
-NORM_KEYS = ("input_layernorm", "post_attention_layernorm")
+from lightning_prune.methods.pat.hsm import LAYER_WRITES
 
 
 @torch.no_grad()
@@ -59,13 +59,14 @@ def fold_hsms_(
 
     update(f"{prefix}embed_tokens.weight", fold("embed", transpose=True))
     for l in range(num_layers):
-        for site, module in ((f"attn_{l}", "self_attn.o_proj"), (f"mlp_{l}", "mlp.down_proj")):
-            base = f"{prefix}layers.{l}.{module}"
+        for kind, module in LAYER_WRITES:
+            site, base = f"{kind}_{l}", f"{prefix}layers.{l}.{module}"
             update(f"{base}.weight", fold(site))
             if state.get(f"{base}.bias") is not None:
                 update(f"{base}.bias", fold(site))  # M b: the same product on a vector
     factor = math.sqrt(hidden / kept)
-    norms = [f"{prefix}norm.weight"] + [f"{prefix}layers.{l}.{n}.weight" for l in range(num_layers) for n in NORM_KEYS]
+    inner = [f"{prefix}layers.{l}.{n}.weight" for l in range(num_layers) for n in LAYER_NORMS]
+    norms = [f"{prefix}norm.weight", *inner]
     for key in norms:
         update(key, lambda value: (value.double() * factor).to(value.dtype))
 
@@ -75,6 +76,6 @@ def rescale_norm_eps_(model: nn.Module, kept: int, hidden: int) -> None:
     eps = float(model.config.rms_norm_eps) * hidden / kept
     model.config.rms_norm_eps = eps
     backbone = model.base_model
-    norms = [backbone.norm] + [getattr(layer, n) for layer in backbone.layers for n in NORM_KEYS]
+    norms = [backbone.norm] + [getattr(layer, n) for layer in backbone.layers for n in LAYER_NORMS]
     for norm in norms:
         norm.variance_epsilon = eps

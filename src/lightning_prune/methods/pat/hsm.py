@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_prune.adapters.llama.layout import block_output
+
 Hooks = list[tuple[str, nn.Module, RemovableHandle]]
+#: Each layer's HSM sites: the name prefix and the projection (path in the layer) that writes the block's output to
+#: the residual stream, read off the Llama layer table (``o_proj``, ``down_proj``).
+LAYER_WRITES = (("attn", block_output("self_attn").path), ("mlp", block_output("mlp").path))
 
 
 class HybridSparsificationModule(nn.Module):
@@ -62,7 +67,7 @@ class HybridSparsificationModule(nn.Module):
 
 def site_names(num_layers: int) -> list[str]:
     """HSM names: ``embed``, then ``attn_<l>`` (after ``o_proj``) and ``mlp_<l>`` (after ``down_proj``)."""
-    return ["embed"] + [f"{kind}_{l}" for l in range(num_layers) for kind in ("attn", "mlp")]
+    return ["embed"] + [f"{kind}_{l}" for l in range(num_layers) for kind, _ in LAYER_WRITES]
 
 
 def build_hsms(dim: int, rank: int, num_layers: int) -> nn.ModuleDict:
@@ -81,8 +86,7 @@ def install_hsm_hooks(pruner, hsms: nn.ModuleDict) -> Hooks:
     p = adapter.prefix
     sites = [("embed", f"{p}embed_tokens", adapter.backbone.embed_tokens)]
     for l, layer in enumerate(adapter.layers):
-        sites.append((f"attn_{l}", f"{p}layers.{l}.self_attn.o_proj", layer.self_attn.o_proj))
-        sites.append((f"mlp_{l}", f"{p}layers.{l}.mlp.down_proj", layer.mlp.down_proj))
+        sites += [(f"{kind}_{l}", f"{p}layers.{l}.{path}", layer.get_submodule(path)) for kind, path in LAYER_WRITES]
     hooks: Hooks = []
     for name, path, module in sites:
 
