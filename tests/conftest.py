@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +103,25 @@ def randomize_gates(pruner, seed: int = 0, std: float = 3.0) -> None:
 @pytest.fixture
 def llama():
     return tiny_causal_lm("llama")
+
+
+def run_without_lightning_prune(script: str, args: list[str], cwd) -> object:
+    """Run ``script`` in an isolated interpreter (``python -I``: no site-packages path tricks, no user env) in ``cwd``,
+    offline and single-threaded, where lightning_prune cannot be imported unless the script makes it so; returns the
+    JSON of its last output line. Used to check that exports load as a user without lightning-prune loads them."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PATH": "/usr/bin:/bin",
+        "HF_MODULES_CACHE": str(Path(cwd) / "hf_modules"),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-I", "-c", script, *args], capture_output=True, text=True, env=env, cwd=str(cwd), timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

@@ -8,14 +8,12 @@ interpreter that never imports lightning_prune (plain ``from_pretrained`` for st
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 import transformers
-from conftest import randomize_gates, with_lora
+from conftest import randomize_gates, run_without_lightning_prune, with_lora
 from torch import nn
 
 import lightning_prune as lp
@@ -153,24 +151,8 @@ def exported(tmp_path_factory):
         path = pruner.save_compact(root / f"case{i:02d}", compact=compact)
         results[TABLE_IDS[i]] = {"pruner": pruner, "compact": compact, "path": path}
     jobs = [[str(r["path"]), not r["pruner"].last_report.uniform] for r in results.values()]
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PATH": "/usr/bin:/bin",
-        "HF_MODULES_CACHE": str(root / "hf_modules"),
-        "OMP_NUM_THREADS": "1",
-    }
     args = [json.dumps(jobs)] + [json.dumps(t.tolist()) for t in (IDS, TYPES, ATTN)]
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_WITHOUT_LP, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(root),
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    loaded = run_without_lightning_prune(LOAD_WITHOUT_LP, args, root)
     for r in results.values():
         r["elsewhere"] = loaded[str(r["path"])]
     return results

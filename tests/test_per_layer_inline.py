@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_without_lightning_prune
 
 from lightning_prune.export.per_layer import (
     FAMILIES,
@@ -60,17 +59,8 @@ def test_every_rendered_family_runs_standalone_without_lightning_prune(tmp_path)
         path = tmp_path / f"modeling_{model_type}.py"
         path.write_text(source)
         jobs[model_type] = [str(path), class_names(model_type)]
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-I", "-c", STANDALONE, json.dumps(jobs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {model_type: [] for model_type in jobs}
+    loaded = run_without_lightning_prune(STANDALONE, [json.dumps(jobs)], tmp_path)
+    assert loaded == {model_type: [] for model_type in jobs}
 
 
 def test_the_shared_helpers_need_only_torch_and_transformers():
