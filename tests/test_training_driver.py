@@ -221,3 +221,19 @@ def test_callbacks_take_the_driver_options_once_and_forward_them(integration):
         cls(config(), None, None, 3)
     with pytest.raises(AttributeError, match="no_such_option"):
         callback.no_such_option  # noqa: B018
+
+
+def test_every_run_option_is_documented_once_for_both_callbacks_and_the_cli():
+    """The options' text lives in one place (``RUN_OPTIONS_DOC``): each callback's ``help()`` shows it under Args, and
+    ``RunOptions``' docstring (which ``lightning-prune fit --help`` reads through jsonargparse) carries it too."""
+    from docstring_parser import parse
+
+    from lightning_prune.integrations.facade import RUN_OPTIONS_DOC, RunOptions
+    from lightning_prune.integrations.hf_trainer import PruningTrainerCallback
+
+    options = list(RunOptions.__annotations__)
+    assert [p.arg_name for p in parse(RunOptions.__doc__).params] == options
+    for cls in (lp.PruningCallback, PruningTrainerCallback):
+        assert "{run_options}" not in cls.__doc__ and RUN_OPTIONS_DOC in cls.__doc__
+        documented = [p.arg_name for p in parse(cls.__doc__).params]
+        assert set(options) <= set(documented) and len(documented) == len(set(documented)), cls.__name__

@@ -41,7 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from typing_extensions import Unpack
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.integrations.facade import DriverFacade, RunOptions
+from lightning_prune.integrations.facade import DriverFacade, RunOptions, documents_run_options
 from lightning_prune.integrations.resume import RESUME_STATE_FILENAME, read_resume_record, write_resume_record
 from lightning_prune.methods.base import PruningConfig
 from lightning_prune.pruner import STATE_ATTRIBUTE, Pruner
@@ -53,6 +53,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=5)
 
 
+@documents_run_options
 class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
     """Pruning settings, phases and export for a :class:`PruningTrainer`.
 
@@ -76,22 +77,7 @@ class PruningTrainerCallback(transformers.TrainerCallback, DriverFacade):
         export_dir: where the main process writes the compact model, ``lightning_prune_report.json`` and
             ``kept_units.png`` when training ends; ``None`` exports nothing. Checked when the trainer is built:
             it must be writable and empty (or absent) unless ``overwrite_export=True``.
-        dense_steps: optimizer steps trained without masks before pruning starts.
-        freeze_after_steps: global step from which the masks are frozen (must be > ``dense_steps``); ``None``
-            prunes until the end.
-        overwrite_export: replace a non-empty ``export_dir``.
-        plot: write the kept-units heatmap next to the export.
-        adapter: force a registered model adapter by name (see ``lightning_prune.available_adapters()``).
-        seed: base seed of the gate samples (each micro-batch draws from a seed derived from this, the global step
-            and the micro-batch index). ``None`` uses ``TrainingArguments.seed``.
-        log_stats: add the pruning statistics (target, expected and exact sparsity, λ, kept units) to the
-            Trainer's training logs under ``pruning/``.
-        reset_optimizer_at_freeze: when the masks freeze, forget the optimizer state of the model's weights (fresh
-            moments for the final architecture, as after the cut of a prune-then-fine-tune pipeline).
-        schedule: ``"auto"`` (default) or ``"manual"``, as in :class:`~lightning_prune.PruningCallback`: with an
-            ``L0Config`` (or ``GradualConfig``) and no phase argument given, the method's measured phases
-            (``lightning_prune.phases.AUTO_SCHEDULES``) for the run's length (``max_steps``, or epochs × batches /
-            gradient accumulation).
+        {run_options}
 
     Raises:
         PruningConfigError: an argument is invalid.

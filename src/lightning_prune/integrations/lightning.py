@@ -37,7 +37,7 @@ from torch import nn
 from typing_extensions import Unpack, override
 
 from lightning_prune.errors import ExportDirectoryError, PruningConfigError
-from lightning_prune.integrations.facade import DriverFacade, RunOptions
+from lightning_prune.integrations.facade import DriverFacade, RunOptions, documents_run_options
 from lightning_prune.integrations.lightning_support import (
     InstancePatches,
     add_penalty,
@@ -64,6 +64,7 @@ _check_strategy, _check_sharded = check_strategy, check_sharded
 OVERWRITE_HINT = "`overwrite_export=True` (`--overwrite true` for `lightning-prune export`)"
 
 
+@documents_run_options
 class PruningCallback(Callback, DriverFacade):
     """Learn a structured pruning mask while a Lightning ``Trainer`` fits, then export the compact model.
 
@@ -90,35 +91,12 @@ class PruningCallback(Callback, DriverFacade):
             writable and empty (or absent) unless ``overwrite_export=True``.
         model_attribute: attribute path of the model to prune inside the ``LightningModule``. By default the
             attribute ``model``, else the single child module that a registered adapter handles.
-        dense_steps: optimizer steps trained without masks before pruning starts (``None``: 0, or the ``"auto"``
-            schedule's).
-        freeze_after_steps: global step from which the masks are frozen (must be > ``dense_steps``); ``None``
-            prunes until the end (or the ``"auto"`` schedule's freeze).
-        overwrite_export: replace a non-empty ``export_dir``.
-        plot: write the kept-units heatmap and log it as an image to TensorBoard / wandb loggers.
-        adapter: force a registered model adapter by name (see ``lightning_prune.available_adapters()``).
-        seed: base seed of the gate samples (each step draws from a seed derived from this and
-            ``global_step``). ``None`` uses ``PL_GLOBAL_SEED`` (set by ``seed_everything``) or 0.
-        log_stats: log the pruning statistics every ``log_every_n_steps`` under ``pruning/``.
         prog_bar: show the exact sparsity (``sparsity``), the schedule's current target (``target``) and the first
             Lagrange multiplier (``λ1``, where the method has one) in the progress bar.
-        reset_optimizer_at_freeze: when the masks freeze (at ``freeze_after_steps``), forget the optimizer state of
-            the model's weights so that the final architecture fine-tunes with fresh moments, as after the cut of a
-            prune-then-fine-tune pipeline (``None``: off, or on under the ``"auto"`` schedule).
         example_inputs: inputs of one forward pass for models that are traced (plain CNNs/MLPs such as a torchvision
             ResNet, through the ``dependency_graph`` adapter), e.g. ``torch.randn(1, 3, 224, 224)``; ``None`` for the
             model families with their own adapter (Llama, BERT, GPT-2, ...). As in :func:`lightning_prune.attach`.
-        schedule: ``"auto"`` (default): for an :class:`~lightning_prune.L0Config`, when none of ``dense_steps``,
-            ``freeze_after_steps``, ``reset_optimizer_at_freeze`` is given, the phases of
-            :func:`lightning_prune.recipes.l0` for the run's length (``max_steps``, or epochs × batches), measured
-            best on ``benchmarks/quality.py`` (issue #18): runs of 200+ steps train dense 30%, reach the target over
-            5% and freeze at 40% with a fresh optimizer state (above a 50% target the warm-up and the freeze move
-            later, by 25% of the run per unit of target: 15% / 50% at 90%); shorter runs 10% / 30% / 50%. A config with
-            ``warmup_steps=0`` gets the recipe's warm-up. A :class:`~lightning_prune.GradualConfig`: dense 10%, warm-up
-            20%, frozen from 30% (``lightning_prune.phases.GRADUAL_SCHEDULE``); on a model that trains peft adapters
-            (LoRA) the whole target at the first pruning step, frozen from 12% (two steps later at least), no reset
-            (``GRADUAL_ADAPTER_SCHEDULE``). Other methods, or any phase argument given: ``"manual"``.
-            ``"manual"``: the values given (unset: no dense phase, no freeze, no reset).
+        {run_options}
 
     Raises:
         PruningConfigError: an argument is invalid (the message lists the allowed values).
