@@ -147,3 +147,25 @@ def test_cost_model_counts_are_exact_beyond_float32_precision():
     mask[0, :2] = 0
     assert int(cost.total({"ffn": mask})[0]) == 4095 * 4097
     assert cost.sparsity({"ffn": mask}).dtype == torch.float32
+
+
+def test_ungated_runs_the_model_as_before_attach_and_restores_the_masks():
+    """``pruner.ungated()`` (self-distillation's teacher pass): inside, the model computes what it computed before
+    attach, whatever the gates say; after, the phase, the masks of the forward in progress and their derived values
+    are the same objects as before, and the masks act again."""
+    model = tiny_causal_lm("llama")
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+    pruner = lp.attach(model, lp.L0Config(target_sparsity=0.5, structures=("heads", "ffn", "hidden")))
+    with torch.no_grad():
+        for gate in pruner.gates.values():
+            gate.log_alpha.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(1))
+        gated = model(input_ids=ids).logits
+        assert (gated - dense).abs().max() > 1e-3  # the masks change the function
+        masks, cache = pruner._masks, dict(pruner._cache)
+        with pruner.ungated():
+            assert pruner.phase == "dense" and pruner.mask("heads") is None
+            assert torch.allclose(model(input_ids=ids).logits, dense, atol=1e-6)
+        assert pruner.phase == "prune" and pruner._masks is masks and pruner._cache == cache
+        assert torch.allclose(model(input_ids=ids).logits, gated, atol=1e-6)

@@ -108,32 +108,6 @@ def hidden_distillation(
     return torch.stack(losses).mean()
 
 
-@contextmanager
-def hooks_suspended(handles: list[RemovableHandle]) -> Iterator[None]:
-    """Take the hooks of ``handles`` out of their modules' hook dicts, then put them back in their order.
-
-    A module's forward runs the hooks it finds in its dicts, so a suspended hook is skipped; hooks registered by
-    others stay active (and any added meanwhile are kept, after the restored ones).
-    """
-    snapshots: dict[int, tuple[dict, list]] = {}
-    for handle in handles:
-        hooks = handle.hooks_dict_ref()
-        if hooks is not None and handle.id in hooks:
-            snapshots.setdefault(id(hooks), (hooks, list(hooks.items())))
-    for hooks, _ in snapshots.values():
-        for handle in handles:
-            hooks.pop(handle.id, None)
-    try:
-        yield
-    finally:
-        for hooks, items in snapshots.values():
-            known = {key for key, _ in items}
-            added = [(key, hook) for key, hook in hooks.items() if key not in known]
-            hooks.clear()
-            hooks.update(items)
-            hooks.update(added)
-
-
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
         return values.mean()
@@ -274,8 +248,6 @@ class SelfDistiller:
     @torch.no_grad()
     def _teacher_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The same module on the same inputs with gates off, adapters off, eval mode; returns logits (+ hidden)."""
-        pruner = self.pruner
-        saved_phase, saved_masks, saved_cache = pruner.phase, pruner._masks, dict(pruner._cache)
         modes = [(m, m.training) for m in module.modules()]
         teacher_kwargs = {k: v for k, v in kwargs.items() if k != "labels"}  # no loss for the teacher
         teacher_kwargs["output_hidden_states"] = self.config.distill_hidden_weight > 0
@@ -283,22 +255,17 @@ class SelfDistiller:
             teacher_kwargs["use_cache"] = False
         self._running = True
         try:
-            # every hook of the pruner and its method is suspended (masks, PAT's HSMs, ATP's frozen-path masks,
-            # these very hooks): the teacher is the model as it was before attach; no stale mask can leak in
-            pruner.phase, pruner._masks = "dense", None
+            # the teacher is the model as it was before attach (every hook of the pruner and its method suspended,
+            # these very hooks too): no stale mask can leak in
             module.eval()
             weights = self.snapshot_weights() if self._snapshot is not None else self.adapters_disabled()
-            with hooks_suspended(pruner._handles), weights:
+            with self.pruner.ungated(), weights:
                 out = module(*args, **teacher_kwargs)
             self.teacher_forwards += 1
             return {"logits": _field(out, "logits"), "hidden_states": _field(out, "hidden_states")}
         finally:
             for m, training in modes:
                 m.training = training
-            # the student's masks stay current: gradient checkpointing recomputes the student forward in backward
-            pruner.phase, pruner._masks = saved_phase, saved_masks
-            pruner._cache.clear()
-            pruner._cache.update(saved_cache)
             self._running = False
 
     def _take_snapshot(self) -> list[tuple[nn.Parameter, torch.Tensor]]:

@@ -3,11 +3,14 @@ change, and handed to the adapter's hooks (the :class:`~lightning_prune.adapters
 
 Once per forward pass the root module's pre-hook (:meth:`MasksMixin._refresh`) chooses the masks for the phase
 and computes every value derived from them, outside any gradient-checkpointed block. A copied pruner (``deepcopy``
-of an attached model) re-installs its own hooks before its first forward.
+of an attached model) re-installs its own hooks before its first forward. :meth:`MasksMixin.ungated` runs the model
+as it was before attach for a while (self-distillation's teacher pass), with :func:`hooks_suspended`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +19,32 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.ops import mask_mul
 from lightning_prune.selection import select_masks
+
+
+@contextmanager
+def hooks_suspended(handles: list[RemovableHandle]) -> Iterator[None]:
+    """Take the hooks of ``handles`` out of their modules' hook dicts, then put them back in their order.
+
+    A module's forward runs the hooks it finds in its dicts, so a suspended hook is skipped; hooks registered by
+    others stay active (and any added meanwhile are kept, after the restored ones).
+    """
+    snapshots: dict[int, tuple[dict, list]] = {}
+    for handle in handles:
+        hooks = handle.hooks_dict_ref()
+        if hooks is not None and handle.id in hooks:
+            snapshots.setdefault(id(hooks), (hooks, list(hooks.items())))
+    for hooks, _ in snapshots.values():
+        for handle in handles:
+            hooks.pop(handle.id, None)
+    try:
+        yield
+    finally:
+        for hooks, items in snapshots.values():
+            known = {key for key, _ in items}
+            added = [(key, hook) for key, hook in hooks.items() if key not in known]
+            hooks.clear()
+            hooks.update(items)
+            hooks.update(added)
 
 
 class MasksMixin:
@@ -70,6 +99,22 @@ class MasksMixin:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._is_copy = True  # its modules still hold the original's hook closures: see `_rehook_copy`
+
+    @contextmanager
+    def ungated(self) -> Iterator[None]:
+        """Run the model as it was before attach inside the block: phase ``dense``, no masks, and every hook of the
+        pruner and its method suspended (masks, PAT's HSMs, ATP's frozen-path masks, the distillation hooks); hooks of
+        others stay. The phase, the masks and their derived values are restored after, so the masks of a forward in
+        progress stay current (gradient checkpointing recomputes the student forward in backward)."""
+        saved_phase, saved_masks, saved_cache = self.phase, self._masks, dict(self._cache)
+        self.phase, self._masks = "dense", None
+        try:
+            with hooks_suspended(self._handles):
+                yield
+        finally:
+            self.phase, self._masks = saved_phase, saved_masks
+            self._cache.clear()
+            self._cache.update(saved_cache)
 
     def _sample_masks(self) -> dict[str, torch.Tensor]:
         if self.sample_seed is None:
