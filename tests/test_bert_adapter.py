@@ -120,7 +120,7 @@ def _run(model: nn.Module) -> torch.Tensor:
 
 def _gated(pruner) -> torch.Tensor:
     out = _run(pruner.hf_model)
-    keep = pruner.adapter._hidden_keep
+    keep = pruner.adapter.kept_hidden
     return out if out.dim() == 2 else out[..., keep]  # a bare encoder's pruned hidden dims are 0 (and absent)
 
 

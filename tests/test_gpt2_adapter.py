@@ -113,7 +113,7 @@ def _run(model: nn.Module) -> torch.Tensor:
 def _gated(pruner) -> torch.Tensor:
     out = _run(pruner.hf_model)
     bare = type(pruner.hf_model).__name__ == "GPT2Model"
-    return out[..., pruner.adapter._hidden_keep] if bare else out  # a bare model's pruned dims are 0 (and absent)
+    return out[..., pruner.adapter.kept_hidden] if bare else out  # a bare model's pruned dims are 0 (and absent)
 
 
 def _dense(pruner) -> torch.Tensor:

@@ -250,9 +250,18 @@ class TokenModelAdapter(ModelAdapter):
 
     backbone: nn.Module
     vocab_size: int
+    #: The hidden dims kept by the last :meth:`build_compact` (set by the family's surgery; ``None`` before), where a
+    #: bare backbone's gated output is compared with the compact one (the pruned dims are 0 there and absent from it).
+    kept_hidden: torch.Tensor | None = None
 
     def root_module(self) -> nn.Module:
         return self.backbone
+
+    def at_kept_hidden(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` (a last hidden state of ``model``) at :attr:`kept_hidden` when ``model`` is the gated model."""
+        if self.kept_hidden is None or not self.is_gated(model):
+            return hidden
+        return hidden[..., self.kept_hidden.to(hidden.device)]
 
     def example_inputs(self, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), generator=generator)

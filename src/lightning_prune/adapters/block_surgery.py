@@ -137,7 +137,7 @@ class BlockSurgery(CompactState):
         with parameters_on_meta():  # no memory and no random init: the sliced tensors become the parameters
             compact, uniform = instantiate(d_new)
         assign_weights(compact, self.new, self.state, adapter.model, tied=tied)
-        adapter._hidden_keep = self.hidden_keep.cpu()
+        adapter.kept_hidden = self.hidden_keep.cpu()
         info = {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
         return compact.to(self.device).eval(), info  # eval mode, like from_pretrained (a fresh nn.Module trains)
 

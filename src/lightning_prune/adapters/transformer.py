@@ -105,7 +105,6 @@ class TransformerAdapter(TokenModelAdapter):
             )
         self.head_dim = self.hidden_size // self.num_heads
         self.vocab_size = config.vocab_size
-        self._hidden_keep: torch.Tensor | None = None  # kept hidden dims of the last build_compact
 
     def _check_projections(self, kind: type, what: str) -> None:
         """Refuse a model whose projections are not ``kind`` (``what`` names it)."""
@@ -143,10 +142,7 @@ class TransformerAdapter(TokenModelAdapter):
         out = model(**inputs)
         if hasattr(out, "logits"):
             return out.logits
-        hidden = out.last_hidden_state
-        if self.is_gated(model) and self._hidden_keep is not None:
-            hidden = hidden[..., self._hidden_keep.to(hidden.device)]
-        return self.backbone_outputs(out, hidden)
+        return self.backbone_outputs(out, self.at_kept_hidden(model, out.last_hidden_state))
 
     def backbone_outputs(self, out: Any, hidden: torch.Tensor) -> torch.Tensor:
         """What a bare backbone's output ``out`` is compared by, given its last hidden state at the kept dims."""

@@ -109,7 +109,7 @@ class DependencyGraphAdapter(ModelAdapter):
     def root_module(self) -> nn.Module:
         return self.model
 
-    def _units(self, table: str) -> dict[str, dict[int, int]]:
+    def channel_units(self, table: str) -> dict[str, dict[int, int]]:
         """Per module: local channel → global unit index, for output (``outs``) or input (``ins``) channels."""
         result: dict[str, dict[int, int]] = {}
         for g, offset in zip(self.groups, self.offsets):

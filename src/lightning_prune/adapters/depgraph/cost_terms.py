@@ -38,7 +38,7 @@ def output_sizes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str
 
 def depgraph_cost_terms(adapter: DependencyGraphAdapter) -> list[CostTerm]:
     """:meth:`~lightning_prune.adapters.ModelAdapter.cost_terms` of ``adapter``'s model."""
-    outs, ins = adapter._units("outs"), adapter._units("ins")
+    outs, ins = adapter.channel_units("outs"), adapter.channel_units("ins")
     terms: list[CostTerm] = []
     seen: set[int] = set()
     for name, module in adapter.model.named_modules():

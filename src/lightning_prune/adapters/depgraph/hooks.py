@@ -58,7 +58,7 @@ def overwritten_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], name
 
 def mask_points(adapter: DependencyGraphAdapter) -> dict[str, torch.Tensor]:
     """Module name → global unit index per output channel (``-1``: not gated) for every masked output."""
-    outs = adapter._units("outs")
+    outs = adapter.channel_units("outs")
     modules = dict(adapter.model.named_modules())
     graph_outputs = _norm_fed(adapter.model, adapter.inputs)
     points = {}

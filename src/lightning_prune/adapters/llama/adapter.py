@@ -122,7 +122,6 @@ class LlamaAdapter(TokenModelAdapter):
                 f"Expected `{self.head_name}` of {type(model).__name__} to be an nn.Linear, got "
                 f"{type(base_layer(self.head)).__name__}."
             )
-        self._hidden_keep: torch.Tensor | None = None  # kept hidden dims of the last build_compact
         self.tied = (
             bool(getattr(config, "tie_word_embeddings", False))
             and self.head is not None
@@ -177,9 +176,7 @@ class LlamaAdapter(TokenModelAdapter):
         model at the hidden dims kept by the last :meth:`build_compact` (the pruned ones are 0 there and absent from
         the compact model)."""
         out = output_tensor(model(**inputs))
-        if self.head is None and self.is_gated(model) and self._hidden_keep is not None:
-            out = out[..., self._hidden_keep.to(out.device)]
-        return out
+        return self.at_kept_hidden(model, out) if self.head is None else out
 
     def build_compact(
         self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]

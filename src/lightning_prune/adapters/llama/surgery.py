@@ -158,5 +158,5 @@ def assemble_llama_compact(
     uniform = standard is not None
     tied = f"{adapter.head_name}.weight" if adapter.tied else None
     assign_weights(compact, sliced.new, state, adapter.model, tied=tied)
-    adapter._hidden_keep = h_keep.cpu()
+    adapter.kept_hidden = h_keep.cpu()
     return compact.to(sliced.device), {"layer_shapes": layer_shapes, "hidden_size": d_new, "uniform": uniform}
