@@ -67,3 +67,13 @@ def test_the_freeze_warns_before_the_fine_tuning_runs(caplog):
     with caplog.at_level(logging.WARNING, logger="lightning_prune"):
         kept.set_phase("frozen")
     assert "pruned in every layer" not in caplog.text
+
+
+@pytest.mark.parametrize("structure", ["heads", "ffn", "hidden", "attn_block", "mlp_block"])
+def test_the_warning_says_what_the_model_lost_and_how_to_keep_that_structure(structure):
+    """Each built-in structure gets its consequence, and the ``keep_units`` example names the emptied structure (it
+    suggested ``{'heads': 2}`` for an emptied MLP block)."""
+
+    text = emptied_structures_warning({structure: torch.zeros(2, 3), "other": torch.ones(2, 3)})
+    assert f"every unit of ['{structure}']" in text and f"({structure}: " in text
+    assert f"keep_units` (e.g. {{'{structure}': 1}})" in text

@@ -41,6 +41,9 @@ _EMPTIED_CONSEQUENCE = {
     "heads": "no attention is left, so tokens no longer exchange information (a classifier reading one token sees "
     "only that token; a language model becomes a per-token map)",
     "attn_block": "no attention block is left, so tokens no longer exchange information",
+    "ffn": "no MLP channel is left: every layer is attention only",
+    "mlp_block": "no MLP block is left: every layer is attention only",
+    "hidden": "the residual stream has no dims left, so the model outputs a constant",
 }
 
 
@@ -59,5 +62,5 @@ def emptied_structures_warning(masks: dict[str, torch.Tensor]) -> str | None:
         f"lightning-prune: every unit of {gone} was pruned in every layer"
         f"{' (' + consequences + ')' if consequences else ''}. The export computes what the gated model did, but "
         "that model has likely collapsed. Lower `target_sparsity`, fix the count per layer with `keep_units` (e.g. "
-        "{'heads': 2}), or rank units by importance instead of learned gates (GradualConfig)."
+        f"{ {gone[0]: 1} }), or rank units by importance instead of learned gates (GradualConfig)."
     )
