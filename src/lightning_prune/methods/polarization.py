@@ -183,8 +183,8 @@ class PolarizationConfig(PruningConfig):
         if "hidden" in self.structures:
             raise PruningConfigError(
                 "Polarization cannot gate `hidden`: continuous hidden-dim scales cannot be folded through the "
-                "residual stream and RMSNorm at export (the hidden mask must be binary). Remove 'hidden' from "
-                "`structures` or use L0Config for it."
+                "residual stream and its norms (RMSNorm, LayerNorm) at export (the hidden mask must be binary). "
+                "Remove 'hidden' from `structures` or use L0Config for it."
             )
 
     def gate_kwargs(self, spec: StructureSpec) -> dict[str, Any]:
