@@ -157,14 +157,12 @@ class SnapshotTeacher:
         (which are suspended for the copy) change anything."""
         from lightning.pytorch.callbacks import Callback
 
-        from lightning_prune.distill import hooks_suspended
-
         teacher = self
 
         class Take(Callback):
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
                 if teacher.teacher is None and pruning.phase != "dense":
-                    with hooks_suspended(pruning.pruner._handles):
+                    with pruning.pruner.ungated():
                         teacher.take(pruning.pruner.hf_model)
 
         return Take()

@@ -77,3 +77,26 @@ def test_the_warning_says_what_the_model_lost_and_how_to_keep_that_structure(str
     text = emptied_structures_warning({structure: torch.zeros(2, 3), "other": torch.ones(2, 3)})
     assert f"every unit of ['{structure}']" in text and f"({structure}: " in text
     assert f"keep_units` (e.g. {{'{structure}': 1}})" in text
+
+
+def test_an_export_far_from_its_target_warns_with_the_fixes(caplog):
+    """STE exports what its gates decided: untrained gates keep everything, so a 60% target exports the dense size.
+    The user is told (it used to pass with an info line); an L0 export, cut at the target, is not warned about."""
+    from lightning_prune.pruner.stats import TARGET_MISS_TOLERANCE, missed_target_warning
+
+    ste = lp.attach(tiny_causal_lm("llama"), lp.STEConfig(target_sparsity=0.6, structures=("heads", "ffn")))
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        ste.export()
+    assert ste.last_report.exact_sparsity < 0.6 - TARGET_MISS_TOLERANCE
+    assert (
+        "export's sparsity is 0.000 for a target of 0.600 (ste)" in caplog.text and "freeze_after_steps" in caplog.text
+    )
+    caplog.clear()
+    l0 = lp.attach(tiny_causal_lm("llama"), lp.L0Config(target_sparsity=0.6, structures=("heads", "ffn")))
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        l0.export()
+    assert "export's sparsity" not in caplog.text
+    assert missed_target_warning(0.62, 0.6, "l0") is None and "smaller than asked" in missed_target_warning(
+        0.9, 0.6, "x"
+    )
+    assert "decision='target'" in missed_target_warning(0.1, 0.6, "polarization")

@@ -15,7 +15,7 @@ from lightning_prune.export.merge import MergedWeights
 from lightning_prune.export.report import REPORT_ATTRIBUTE, ExportReport, count_parameters
 from lightning_prune.export.verify import verify_export
 from lightning_prune.pruner.state import STATE_ATTRIBUTE
-from lightning_prune.pruner.stats import _binary, emptied_structures_warning
+from lightning_prune.pruner.stats import _binary, emptied_structures_warning, missed_target_warning
 
 log = logging.getLogger("lightning_prune")
 
@@ -65,6 +65,9 @@ class ExportMixin:
             layer_shapes=info.get("layer_shapes", []),
             uniform=bool(info.get("uniform", False)),
         )
+        missed = None if dense else missed_target_warning(report.exact_sparsity, report.target_sparsity, report.method)
+        if missed is not None:
+            log.warning(missed)
         counted = count_parameters(compact)
         if counted != report.params_after:
             raise AttachStateError(

@@ -64,3 +64,27 @@ def emptied_structures_warning(masks: dict[str, torch.Tensor]) -> str | None:
         "that model has likely collapsed. Lower `target_sparsity`, fix the count per layer with `keep_units` (e.g. "
         f"{ {gone[0]: 1} }), or rank units by importance instead of learned gates (GradualConfig)."
     )
+
+
+#: How far (absolute sparsity) an export may land from its target before :func:`missed_target_warning` speaks.
+TARGET_MISS_TOLERANCE = 0.05
+
+
+def missed_target_warning(exact: float, target: float, method: str) -> str | None:
+    """A warning when an export's sparsity is more than :data:`TARGET_MISS_TOLERANCE` from its target (``None``
+    otherwise).
+
+    L0 and gradual exports meet the target by construction (the exact-target cut); methods whose masks are learned
+    decisions (STE, polarization's valley, ATP's generator) export what the gates decided, which in a short run can be
+    far from it: STE at 60% exported the dense model after 8 steps, with nothing but the report to say so.
+    """
+    if abs(exact - target) <= TARGET_MISS_TOLERANCE:
+        return None
+    return (
+        f"lightning-prune: the export's sparsity is {exact:.3f} for a target of {target:.3f} ({method}): the masks "
+        f"did not reach the target by the end of training, so the compact model is "
+        f"{'larger' if exact < target else 'smaller'} than asked. Train longer (more pruning steps), freeze the masks "
+        "before the end with `freeze_after_steps` (STE projects its mask onto the target when it freezes), or use "
+        "L0Config / GradualConfig, whose exports meet the target exactly"
+        + (" (or PolarizationConfig(decision='target'), which cuts at it)." if method == "polarization" else ".")
+    )
