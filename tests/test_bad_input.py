@@ -124,3 +124,11 @@ def test_export_refuses_a_model_that_does_not_match(llama, monkeypatch):
 def test_penalty_requires_config_object(llama):
     with pytest.raises(lp.PruningConfigError, match="must be a PruningConfig"):
         lp.attach(llama, {"target_sparsity": 0.5})
+
+
+def test_an_unreachable_target_names_the_structures_left_to_gate():
+    """The advice lists what the model has and the config does not gate (it suggested 'ffn' to a config gating
+    only 'ffn')."""
+    with pytest.raises(lp.PruningConfigError, match=r"removes only 0\.\d+ .*Add structures \('heads', 'hidden'") as err:
+        lp.attach(tiny_causal_lm("llama"), lp.L0Config(target_sparsity=0.6, structures=("ffn",)))
+    assert "'ffn'" not in str(err.value).split("Add structures")[1]
