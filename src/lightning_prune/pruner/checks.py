@@ -58,7 +58,7 @@ class AttachChecksMixin:
             raise PruningConfigError(
                 f"`target_sparsity`={self.config.target_sparsity} cannot be reached by pruning {list(self.specs)}: "
                 f"removing every unit of them removes only {reachable:.3f} of the prunable {self.config.target}. "
-                f"{_more_structures(self)}or lower the target."
+                f"{_more_structures(self)}"
             )
 
 
@@ -72,6 +72,9 @@ def _check_importance_init(gates: dict[str, Gate], config: PruningConfig) -> Non
 
 
 def _more_structures(pruner) -> str:
-    """The advice to gate more of the model: the adapter's structures not gated yet, when there are any."""
+    """The advice: gate more of the model (the adapter's structures not gated yet, when there are any) or lower the
+    target."""
     others = [name for name in pruner.adapter.structures() if name not in pruner.specs]
-    return f"Add structures ({', '.join(repr(n) for n in others)} are not gated) " if others else ""
+    if not others:
+        return "Lower the target."
+    return f"Add structures ({', '.join(repr(n) for n in others)} are not gated) or lower the target."
