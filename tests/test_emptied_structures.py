@@ -100,3 +100,16 @@ def test_an_export_far_from_its_target_warns_with_the_fixes(caplog):
         0.9, 0.6, "x"
     )
     assert "decision='target'" in missed_target_warning(0.1, 0.6, "polarization")
+
+
+def test_an_export_during_the_target_warm_up_says_so(caplog):
+    """An L0 export cuts at the schedule's current target: a run that ends during the warm-up misses the final target
+    because of the warm-up, and the warning says that, not that L0 would fix it."""
+    pruner = lp.attach(
+        tiny_causal_lm("llama"), lp.L0Config(target_sparsity=0.6, structures=("heads", "ffn"), warmup_steps=100)
+    )
+    pruner.pruning_step = 20  # the schedule asks 0.12 of 0.6
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        pruner.export()
+    assert "training ended during the target's warm-up (the schedule asked 0.120 at the end)" in caplog.text
+    assert "L0Config / GradualConfig" not in caplog.text

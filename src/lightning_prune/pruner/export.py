@@ -65,7 +65,10 @@ class ExportMixin:
             layer_shapes=info.get("layer_shapes", []),
             uniform=bool(info.get("uniform", False)),
         )
-        missed = None if dense else missed_target_warning(report.exact_sparsity, report.target_sparsity, report.method)
+        missed = None
+        if not dense:
+            current = self.current_target()
+            missed = missed_target_warning(report.exact_sparsity, report.target_sparsity, report.method, current)
         if missed is not None:
             log.warning(missed)
         counted = count_parameters(compact)
