@@ -100,6 +100,9 @@ def test_an_export_far_from_its_target_warns_with_the_fixes(caplog):
         0.9, 0.6, "x"
     )
     assert "decision='target'" in missed_target_warning(0.1, 0.6, "polarization")
+    assert "set `match_target=True`" in missed_target_warning(0.1, 0.6, "l0", current=0.6, match_target=False)
+    assert "`keep_units`" in missed_target_warning(0.1, 0.6, "l0", current=0.6, match_target=True)
+    assert "`count_weight`" in missed_target_warning(0.1, 0.6, "pat", match_target=False)  # PAT refuses match_target
 
 
 def test_an_export_during_the_target_warm_up_says_so(caplog):

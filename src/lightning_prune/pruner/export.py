@@ -67,8 +67,13 @@ class ExportMixin:
         )
         missed = None
         if not dense:
-            current = self.current_target()
-            missed = missed_target_warning(report.exact_sparsity, report.target_sparsity, report.method, current)
+            missed = missed_target_warning(
+                report.exact_sparsity,
+                report.target_sparsity,
+                report.method,
+                current=self.current_target(),
+                match_target=bool(self.config.match_target),
+            )
         if missed is not None:
             log.warning(missed)
         counted = count_parameters(compact)

@@ -70,33 +70,42 @@ def emptied_structures_warning(masks: dict[str, torch.Tensor]) -> str | None:
 TARGET_MISS_TOLERANCE = 0.05
 
 
-def missed_target_warning(exact: float, target: float, method: str, current: float | None = None) -> str | None:
+def missed_target_warning(
+    exact: float, target: float, method: str, current: float | None = None, match_target: bool | None = None
+) -> str | None:
     """A warning when an export's sparsity is more than :data:`TARGET_MISS_TOLERANCE` from its ``target`` (``None``
-    otherwise); ``current`` is the schedule's target when the export ran (below ``target`` during a warm-up).
+    otherwise), with the cause: ``current`` is the schedule's target when the export ran (below ``target`` during a
+    warm-up), ``match_target`` whether the masks were cut at it.
 
-    L0 and gradual exports meet the current target by construction (the exact-target cut), so they miss the final
-    one only when training ended during the target's warm-up; methods whose masks are learned decisions (STE,
-    polarization's valley, ATP's generator) export what the gates decided, which in a short run can be far from it:
-    STE at 60% exported the dense model after 8 steps, with nothing but the report to say so.
+    With ``match_target`` the exact-target cut meets the current target, so an export misses the final one only when
+    training ended during the target's warm-up, or when counts fixed by ``keep_units`` / ``multiple_of`` / ``uniform``
+    keep the cut away from it. Without it (STE, polarization's valley, ATP by default, or turned off) the export keeps
+    the gates' own decisions, which in a short run can be far from the target: STE at 60% exported the dense model
+    after 8 steps, with nothing but the report to say so.
     """
     if abs(exact - target) <= TARGET_MISS_TOLERANCE:
         return None
-    if (
-        current is not None
-        and target - current > TARGET_MISS_TOLERANCE
-        and abs(exact - current) <= TARGET_MISS_TOLERANCE
-    ):
+    head = f"lightning-prune: the export's sparsity is {exact:.3f} for a target of {target:.3f} ({method}): "
+    size = f"so the compact model is {'larger' if exact < target else 'smaller'} than asked."
+    in_warmup = current is not None and target - current > TARGET_MISS_TOLERANCE
+    if in_warmup and abs(exact - current) <= TARGET_MISS_TOLERANCE:
         return (
-            f"lightning-prune: the export's sparsity is {exact:.3f} for a target of {target:.3f} ({method}): training "
-            f"ended during the target's warm-up (the schedule asked {current:.3f} at the end), so the compact model is "
-            "larger than asked. Train past the warm-up (`warmup_steps` pruning steps after the dense phase) or shorten "
-            "it."
+            f"{head}training ended during the target's warm-up (the schedule asked {current:.3f} at the end), {size} "
+            "Train past the warm-up (`warmup_steps` pruning steps after the dense phase) or shorten it."
         )
-    return (
-        f"lightning-prune: the export's sparsity is {exact:.3f} for a target of {target:.3f} ({method}): the masks "
-        f"did not reach the target by the end of training, so the compact model is "
-        f"{'larger' if exact < target else 'smaller'} than asked. Train longer (more pruning steps), freeze the masks "
-        "before the end with `freeze_after_steps` (STE projects its mask onto the target when it freezes), or use "
-        "L0Config / GradualConfig, whose exports meet the target exactly"
-        + (" (or PolarizationConfig(decision='target'), which cuts at it)." if method == "polarization" else ".")
-    )
+    if match_target:
+        return (
+            f"{head}the exact-target cut could not reach it under the counts fixed by `keep_units`, `multiple_of` or "
+            f"`uniform`, {size} Loosen those constraints or change the target."
+        )
+    if method == "ste":
+        advice = "Train longer, or freeze the masks before the end with `freeze_after_steps` (STE then projects them "
+        advice += "onto the target)."
+    elif method == "polarization":
+        advice = "Train longer, or use `decision='target'`, which cuts at the target."
+    elif method == "pat":
+        advice = "Train longer or raise `count_weight`, so the mask loss brings the kept count to `target_hidden_size`."
+    else:
+        advice = "Train longer, or set `match_target=True` to cut the masks at the target."
+    cause = "the masks are the gates' own decisions (`match_target` is off), which had not reached the target"
+    return f"{head}{cause} by the end of training, {size} {advice}"
