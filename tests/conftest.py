@@ -125,3 +125,19 @@ def run_without_lightning_prune(script: str, args: list[str], cwd) -> object:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def run_gloo_processes(command: list[str], env: dict, before_retry=None):
+    """Run a program that spawns gloo ranks (``subprocess.run``, output captured, 300 s); a rank killed by a signal
+    (gloo aborting a thread: "terminate called without an active exception", seen in CI dry runs on 2 cores,
+    2026-11-29 and 2026-11-30) is retried once, after ``before_retry()`` (e.g. emptying an output folder the killed run
+    wrote to). A failure inside the program's own checks is not retried, and a signal twice in a row fails."""
+    import subprocess
+
+    for attempt in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        if result.returncode == 0 or "terminated with signal" not in result.stderr or attempt == 1:
+            return result
+        if before_retry is not None:
+            before_retry()
+    return result

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_gloo_processes
 
 import lightning_prune as lp
 from lightning_prune.errors import PruningConfigError
@@ -28,21 +28,15 @@ def _run_worker(mode: str, out: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     for key in ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    for attempt in range(2):
-        result = subprocess.run(
-            [sys.executable, str(WORKER), mode, str(out)], capture_output=True, text=True, timeout=300, env=env
-        )
-        # A rank killed by a signal (gloo aborting a thread: "terminate called without an active exception", seen
-        # in a CI dry run on 2 cores, 2026-11-29) is retried once, from an empty output folder (the killed run may
-        # have written part of its export, which the export's directory check then refuses); a failure inside the
-        # worker's own checks raises there and is not retried, and a signal twice in a row fails.
-        if result.returncode == 0 or "terminated with signal" not in result.stderr or attempt == 1:
-            break
+
+    def empty_output() -> None:  # the killed run may have written part of its export, which the check then refuses
         for child in out.iterdir():
             if child.is_dir():
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+    result = run_gloo_processes([sys.executable, str(WORKER), mode, str(out)], env, empty_output)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -46,13 +46,11 @@ def test_plan_names_existing_scripts_and_fits_the_lease(capsys):
 def test_the_suites_fsdp_check_runs_on_two_cpu_processes():
     """The suite's FSDP step (NCCL on 2 GPUs) is the same program as with gloo on 2 CPU processes."""
     import os
-    import subprocess
+
+    from conftest import run_gloo_processes
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp_check.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu", "--width", "128", "--steps", "3"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    run = run_gloo_processes([sys.executable, str(script), "--device", "cpu", "--width", "128", "--steps", "3"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "gates identical on every rank" in run.stdout and "max |gated - compact|" in run.stdout
